@@ -1,0 +1,36 @@
+"""mixerlab: MLP-Mixer (Tolstikhin et al., 2021) in PyTorch."""
+
+from .config import MixerConfig, ViTConfig, config_from_dict
+from .errors import CheckpointError, DataError, MixerlabError
+from .flops import count_flops, count_macs, count_params
+from .hub import from_pretrained, save_pretrained, save_timm
+from .mixer import MlpMixer
+from .official import save_official
+from .registry import create_model, get_config, list_models, model_from_config
+from .resize import resize_token_mixing
+from .vit import VisionTransformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "MixerConfig",
+    "MixerlabError",
+    "MlpMixer",
+    "ViTConfig",
+    "VisionTransformer",
+    "config_from_dict",
+    "count_flops",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "from_pretrained",
+    "get_config",
+    "list_models",
+    "model_from_config",
+    "resize_token_mixing",
+    "save_official",
+    "save_pretrained",
+    "save_timm",
+]

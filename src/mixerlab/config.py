@@ -1,0 +1,124 @@
+"""Model configurations: plain dataclasses that fully describe a model and round-trip through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .layers import ACTIVATIONS, to_2tuple
+
+
+@dataclass
+class _Config:
+    arch: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)  # type: ignore[attr-defined]
+        return {"arch": self.arch, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> _Config:
+        d = dict(d)
+        arch = d.pop("arch", cls.arch)
+        if arch != cls.arch:
+            raise ValueError(f"config is for arch {arch!r}, not {cls.arch!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.arch} config keys: {unknown}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> _Config:
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.img_size  # type: ignore[attr-defined]
+        p = self.patch_size  # type: ignore[attr-defined]
+        return (h // p, w // p)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    def _check_common(self) -> None:
+        self.img_size = to_2tuple(self.img_size)  # type: ignore[attr-defined]
+        h, w = self.img_size  # type: ignore[attr-defined]
+        p = self.patch_size  # type: ignore[attr-defined]
+        if p <= 0 or h <= 0 or w <= 0:
+            raise ValueError(f"img_size {self.img_size} and patch_size {p} must be positive")  # type: ignore[attr-defined]
+        if h % p or w % p:
+            raise ValueError(
+                f"img_size {h}x{w} is not divisible by patch_size {p}: "
+                f"the image must tile into whole {p}x{p} patches"
+            )
+        if self.act not in ACTIVATIONS:  # type: ignore[attr-defined]
+            raise ValueError(f"unknown act {self.act!r}; choose one of {ACTIVATIONS}")  # type: ignore[attr-defined]
+        if self.num_classes < 0 or self.in_chans <= 0:  # type: ignore[attr-defined]
+            raise ValueError("num_classes must be >= 0 and in_chans > 0")
+
+
+@dataclass
+class MixerConfig(_Config):
+    """An MLP-Mixer. Names follow timm; the paper's symbols are in the comments."""
+
+    arch: ClassVar[str] = "mixer"
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16  # P
+    in_chans: int = 3
+    num_classes: int = 1000  # 0: the model returns pooled features
+    embed_dim: int = 768  # C, hidden channels
+    tokens_mlp_dim: int = 384  # D_S
+    channels_mlp_dim: int = 3072  # D_C
+    depth: int = 12  # N, number of Mixer layers
+    drop_rate: float = 0.0  # dropout before the head
+    drop_path_rate: float = 0.0  # stochastic depth at the last layer, rising linearly from 0
+    act: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    init: str = "jax"  # "jax" (official Flax module) or "timm"
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if self.init not in ("jax", "timm"):
+            raise ValueError(f"unknown init {self.init!r}; choose 'jax' or 'timm'")
+
+
+@dataclass
+class ViTConfig(_Config):
+    """The paper's baseline: a pre-LN Vision Transformer with a class token (timm's vit_*_patch*_224)."""
+
+    arch: ClassVar[str] = "vit"
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    act: str = "gelu"
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+
+
+CONFIG_CLASSES: dict[str, type[_Config]] = {"mixer": MixerConfig, "vit": ViTConfig}
+
+
+def config_from_dict(d: dict[str, Any]) -> MixerConfig | ViTConfig:
+    arch = d.get("arch", "mixer")
+    if arch not in CONFIG_CLASSES:
+        raise ValueError(f"unknown arch {arch!r} in config; known: {sorted(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[arch].from_dict(d)  # type: ignore[return-value]

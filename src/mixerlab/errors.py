@@ -1,0 +1,13 @@
+"""Exceptions users can catch. Each message names the file, the key and the shapes involved."""
+
+
+class MixerlabError(Exception):
+    """Base class for mixerlab's own errors."""
+
+
+class CheckpointError(MixerlabError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class DataError(MixerlabError, ValueError):
+    """A dataset that cannot be found or read."""

@@ -1,0 +1,198 @@
+"""Google's official MLP-Mixer checkpoints (`vit_jax`, big_vision): np.savez files of '/'-joined Flax
+parameter names. Read into, and written from, our (timm-named) state dicts."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import MixerConfig
+from .errors import CheckpointError
+
+_BLOCK_RE = re.compile(r"^MixerBlock_(\d+)/")
+_MODULE_NUM_RE = re.compile(r"^(.*)_\d+$")
+
+
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def convert_pre_linen(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Renumber pre-Linen names the way `flax.training.checkpoints.convert_pre_linen` does.
+
+    Pre-Linen Flax numbered submodules in one sequence per parent (LayerNorm_0, token_mixing,
+    LayerNorm_2, ...); Linen counts each module class separately (LayerNorm_0, LayerNorm_1). At every
+    level of the tree, names ending in _N are renumbered per prefix in natural order. Linen names
+    come out unchanged.
+    """
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def rename(node: dict) -> dict:
+        out, counts = {}, {}
+        for name in sorted(node, key=_natural_key):
+            child = node[name]
+            if not isinstance(child, dict):
+                out[name] = child  # leaves (kernel, bias, scale) keep their names
+                continue
+            m = _MODULE_NUM_RE.match(name)
+            if m:
+                num = counts.get(m.group(1), 0)
+                counts[m.group(1)] = num + 1
+                name = f"{m.group(1)}_{num}"
+            out[name] = rename(child)
+        return out
+
+    result: dict[str, np.ndarray] = {}
+
+    def flatten(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                flatten(v, f"{prefix}{k}/")
+            else:
+                result[f"{prefix}{k}"] = v
+
+    flatten(rename(tree), "")
+    return result
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load every array of an .npz without unpickling anything; errors name the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint (truncated or corrupt?): {e}") from None
+    # Some published files nest everything under "params/" or "opt/target/"; strip that.
+    for prefix in ("opt/target/", "params/"):
+        if arrays and all(k.startswith(prefix) for k in arrays):
+            arrays = {k[len(prefix):]: v for k, v in arrays.items()}
+    return arrays
+
+
+def _get(arrays: Mapping[str, np.ndarray], key: str, src: str) -> np.ndarray:
+    if key not in arrays:
+        raise CheckpointError(f"{src}: missing key {key!r} (not an MLP-Mixer checkpoint?)")
+    return arrays[key]
+
+
+def infer_config(
+    arrays: Mapping[str, np.ndarray], src: str = "checkpoint", img_size: tuple[int, int] | None = None
+) -> MixerConfig:
+    """The whole config from the shapes. The token grid is taken square unless `img_size` says
+    otherwise (an official checkpoint stores S, not H and W)."""
+    stem = _get(arrays, "stem/kernel", src)
+    if stem.ndim != 4 or stem.shape[0] != stem.shape[1]:
+        raise CheckpointError(f"{src}: key 'stem/kernel' should be [P, P, C_in, C], found {list(stem.shape)}")
+    p, _, in_chans, c = stem.shape
+    depth = len({int(m.group(1)) for k in arrays if (m := _BLOCK_RE.match(k))})
+    if depth == 0:
+        raise CheckpointError(f"{src}: no 'MixerBlock_*' keys: not an MLP-Mixer checkpoint")
+    s, ds = _get(arrays, "MixerBlock_0/token_mixing/Dense_0/kernel", src).shape
+    dc = _get(arrays, "MixerBlock_0/channel_mixing/Dense_0/kernel", src).shape[1]
+    num_classes = arrays["head/kernel"].shape[1] if "head/kernel" in arrays else 0
+    if img_size is None or (img_size[0] // p) * (img_size[1] // p) != s:
+        g = math.isqrt(s)
+        if g * g != s:
+            raise CheckpointError(
+                f"{src}: {s} tokens is not a square grid; pass img_size=(H, W) with "
+                f"(H/{p})*(W/{p}) = {s}"
+            )
+        img_size = (g * p, g * p)
+    return MixerConfig(
+        img_size=img_size, patch_size=int(p), in_chans=int(in_chans), num_classes=int(num_classes),
+        embed_dim=int(c), tokens_mlp_dim=int(ds), channels_mlp_dim=int(dc), depth=depth,
+    )
+
+
+def _mapping(cfg: MixerConfig) -> list[tuple[str, str, str]]:
+    """(official key, our key, how to convert) for every parameter."""
+    rows = [("stem/kernel", "stem.proj.weight", "conv"), ("stem/bias", "stem.proj.bias", "")]
+    for i in range(cfg.depth):
+        o, t = f"MixerBlock_{i}/", f"blocks.{i}."
+        for j, norm in enumerate(("norm1", "norm2")):
+            rows += [(f"{o}LayerNorm_{j}/scale", f"{t}{norm}.weight", ""),
+                     (f"{o}LayerNorm_{j}/bias", f"{t}{norm}.bias", "")]
+        for mlp_o, mlp_t in (("token_mixing", "mlp_tokens"), ("channel_mixing", "mlp_channels")):
+            for j in range(2):
+                rows += [(f"{o}{mlp_o}/Dense_{j}/kernel", f"{t}{mlp_t}.fc{j + 1}.weight", "dense"),
+                         (f"{o}{mlp_o}/Dense_{j}/bias", f"{t}{mlp_t}.fc{j + 1}.bias", "")]
+    rows += [("pre_head_layer_norm/scale", "norm.weight", ""), ("pre_head_layer_norm/bias", "norm.bias", "")]
+    if cfg.num_classes > 0:
+        rows += [("head/kernel", "head.weight", "dense"), ("head/bias", "head.bias", "")]
+    return rows
+
+
+def _to_torch(a: np.ndarray, how: str) -> torch.Tensor:
+    if how == "conv":
+        a = a.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    elif how == "dense":
+        a = a.T  # [in, out] -> [out, in]
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _to_numpy(t: torch.Tensor, how: str) -> np.ndarray:
+    a = t.detach().to("cpu", torch.float32).numpy()
+    if how == "conv":
+        a = a.transpose(2, 3, 1, 0)
+    elif how == "dense":
+        a = a.T
+    return np.ascontiguousarray(a)
+
+
+def official_to_state_dict(
+    arrays: Mapping[str, np.ndarray], cfg: MixerConfig, src: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Map official arrays onto our names, checking every key and shape against `cfg`."""
+    from .mixer import MlpMixer
+
+    arrays = convert_pre_linen(arrays)
+    with torch.device("meta"):
+        expected = MlpMixer(cfg).state_dict()
+    rows = _mapping(cfg)
+    missing = [o for o, _, _ in rows if o not in arrays]
+    if missing:
+        raise CheckpointError(f"{src}: missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    extra = sorted(set(arrays) - {o for o, _, _ in rows})
+    if extra:
+        raise CheckpointError(f"{src}: unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    sd = {}
+    for o, t, how in rows:
+        value = _to_torch(arrays[o], how)
+        if value.shape != expected[t].shape:
+            want = list(_to_numpy(torch.empty(expected[t].shape), how).shape)
+            raise CheckpointError(
+                f"{src}: key {o!r} has shape {list(arrays[o].shape)}, expected {want}"
+            )
+        sd[t] = value
+    return sd
+
+
+def state_dict_to_official(sd: Mapping[str, torch.Tensor], cfg: MixerConfig) -> dict[str, np.ndarray]:
+    return {o: _to_numpy(sd[t], how) for o, t, how in _mapping(cfg)}
+
+
+def save_official(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Write an official-format .npz (uncompressed np.savez, as `vit_jax` does), atomically."""
+    from .io_utils import atomic_write_bytes
+
+    arrays = state_dict_to_official(model.state_dict(), model.config)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

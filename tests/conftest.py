@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "official_mixer"
+OFFICIAL_CASES = ["tiny_p4", "small_p8_gray", "tiny_p16_224", "tiny_nohead", "tiny_p4_lecun"]
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    d = Path(os.environ.get("MIXERLAB_OFFICIAL_TESTDATA", OFFICIAL_DIR))
+    if not d.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"reference vectors missing: {d} (they must be present in CI)")
+        pytest.skip(f"reference vectors not found at {d}")
+    return d
+
+
+def load_case(official_dir: Path, case: str):
+    d = official_dir / case
+    x = torch.from_numpy(np.load(d / "input.npy")).permute(0, 3, 1, 2).contiguous()
+    return d / "params.npz", x, np.load(d / "logits.npy")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

@@ -83,19 +83,155 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- train
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+    import typing
+
+    from .recipes import RECIPES, TrainConfig
+
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="preset: scratch (paper pre-training), finetune (paper fine-tuning), demo")
+    p.add_argument("--config", help="YAML, TOML or JSON file of training options (flags win over it)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. --model-arg depth=6 (repeatable)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("recipe", "model_args"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is None:  # optional fields: the type is the non-None member of the union
+            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), str)
+            p.add_argument(flag, type=kind, default=None)
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=float, nargs=len(default), default=None)
+        elif isinstance(default, (int, float)):
+            p.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+        else:
+            p.add_argument(flag, default=None, help=f"default {default}")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .recipes import TrainConfig, resolve
+    from .train import train
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in ("recipe", "model_args")}
+    if args.model_arg:
+        pairs = [kv.split("=", 1) for kv in args.model_arg]
+        if any(len(kv) != 2 for kv in pairs):
+            raise ValueError("--model-arg takes KEY=VALUE")
+        flags["model_args"] = {k.replace("-", "_"): _parse_value(v) for k, v in pairs}
+    if args.resume:
+        overrides = {k: v for k, v in flags.items() if v is not None and k in ("epochs", "quiet", "device")}
+        summary = train(resume=args.resume, resume_overrides=overrides)
+    else:
+        summary = train(resolve(args.recipe or "scratch", args.config, **flags))
+    if summary.get("stopped"):
+        print(f"stopped; resume with: mixerlab train --resume {summary['run_dir']}")
+        return 130
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ eval/predict
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name or ImageFolder path")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import from_pretrained
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .report import plot_confusion
+    from .train import pick_device
+
+    model = from_pretrained(args.src)
+    size = tuple(model.config.img_size)
+    data = load_dataset(args.data, args.data_dir, img_size=size)
+    if data.num_classes != model.num_classes:
+        raise ValueError(f"{args.src} has {model.num_classes} classes but {args.data} has {data.num_classes}")
+    device = pick_device(args.device)
+    model.to(device)
+    res = evaluate(model, getattr(data, args.split), data.num_classes, device, args.batch_size,
+                   args.precision, progress=True)
+    out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    names = getattr(model, "class_names", None) or data.classes
+    res["per_class"] = dict(zip(names, res["per_class"]))
+    res.update({"source": str(args.src), "data": args.data, "split": args.split})
+    from .io_utils import atomic_write_json
+
+    atomic_write_json(out / "eval.json", res)
+    plot_confusion(res["confusion"], names, out / "eval_confusion.png")
+    print(f"top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
+          f"({res['count']} images)")
+    for c, a in res["per_class"].items():
+        print(f"  {c:<20} {100 * a:6.2f}%")
+    print(f"wrote {out / 'eval.json'} and {out / 'eval_confusion.png'}")
+    return 0
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from . import from_pretrained
+    from .evaluate import list_image_files, predict_files
+    from .train import pick_device
+
+    model = from_pretrained(args.src)
+    files = list_image_files(args.images)
+    results = predict_files(model, files, args.topk, str(pick_device(args.device)),
+                            getattr(model, "class_names", None))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: {r['error']}")
+                continue
+            top = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{r['file']}: {top}")
+    return 1 if any("error" in r for r in results) else 0
+
+
 # ----------------------------------------------------------------------------------------- table
-def _lazy(module: str, name: str) -> Callable:
-    def call(*a, **kw):
-        import importlib
-
-        return getattr(importlib.import_module(f"mixerlab.{module}"), name)(*a, **kw)
-
-    return call
-
 
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "list models, or describe one model or checkpoint", _add_info, _run_info),
     ("convert", "convert weights between mixerlab, timm and official formats", _add_convert, _run_convert),
+    ("train", "train from scratch or fine-tune (torchrun for several processes)", _add_train, _run_train),
+    ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", _add_eval, _run_eval),
+    ("predict", "classify image files", _add_predict, _run_predict),
 ]
 
 

@@ -99,7 +99,7 @@ def _unwrap_state_dict(obj: Any, src: str) -> tuple[dict[str, torch.Tensor], dic
     """A plain state dict from what torch.load returned, and our config if the file carries one."""
     config = None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj.get("config"), dict):
-        return obj["model"], obj["config"]  # a mixerlab training checkpoint
+        return obj["model"], {**obj["config"], "class_names": obj.get("classes")}  # a mixerlab training run
     for key in ("state_dict", "model", "model_ema", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -149,10 +149,15 @@ def _infer_from_state_dict(sd: dict[str, torch.Tensor], src: str) -> MixerConfig
     )
 
 
+def _split_class_names(d: dict) -> tuple[dict, list[str] | None]:
+    d = dict(d)
+    return d, d.pop("class_names", None)
+
+
 def load_state_and_config(
     src: str | os.PathLike, img_size: tuple[int, int] | None = None
-) -> tuple[dict[str, torch.Tensor], MixerConfig | ViTConfig, str]:
-    """Read any supported source into (state dict in our names, config, format name)."""
+) -> tuple[dict[str, torch.Tensor], MixerConfig | ViTConfig, str, list[str] | None]:
+    """Read any supported source into (state dict in our names, config, format name, class names)."""
     from . import official
 
     path = resolve_source(src)
@@ -163,24 +168,27 @@ def load_state_and_config(
     if fmt == "npz":
         arrays = official.read_npz(path)
         cfg = official.infer_config(official.convert_pre_linen(arrays), str(path), img_size)
-        return official.official_to_state_dict(arrays, cfg, str(path)), cfg, "official"
+        return official.official_to_state_dict(arrays, cfg, str(path)), cfg, "official", None
+    config = None
     if fmt == "mixerlab-dir":
         try:
-            cfg = config_from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{path / CONFIG_NAME}: bad config: {e}") from None
+            config = json.loads((path / CONFIG_NAME).read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{path / CONFIG_NAME}: bad JSON: {e}") from None
         sd, _ = _safetensors_load(path / WEIGHTS_NAME)
-        return sd, cfg, "mixerlab"
-    if fmt == "safetensors":
+    elif fmt == "safetensors":
         sd, meta = _safetensors_load(path)
         if "mixerlab_config" in meta:
-            return sd, config_from_dict(json.loads(meta["mixerlab_config"])), "mixerlab"
-        return sd, _infer_from_state_dict(sd, str(path)), "timm"
-    obj = _torch_load(path)
-    sd, config = _unwrap_state_dict(obj, str(path))
-    if config is not None:
-        return sd, config_from_dict(config), "mixerlab"
-    return sd, _infer_from_state_dict(sd, str(path)), "timm"
+            config = json.loads(meta["mixerlab_config"])
+    else:
+        sd, config = _unwrap_state_dict(_torch_load(path), str(path))
+    if config is None:
+        return sd, _infer_from_state_dict(sd, str(path)), "timm", None
+    config, names = _split_class_names(config)
+    try:
+        return sd, config_from_dict(config), "mixerlab", names
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from None
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
@@ -236,7 +244,7 @@ def from_pretrained(
     from .resize import resize_token_mixing
 
     size = to_2tuple(img_size) if img_size is not None else None
-    sd, cfg, fmt = load_state_and_config(src, size)
+    sd, cfg, fmt, class_names = load_state_and_config(src, size)
     try:
         cfg = cfg.replace(**overrides)
     except TypeError as e:
@@ -244,6 +252,7 @@ def from_pretrained(
     with torch.device("meta"):  # skip the random init: every tensor is about to be replaced
         model = model_from_config(cfg)
     load_into(model, sd, str(src))
+    model.class_names = class_names
     log.info("loaded %s (%s format): %s", src, fmt, cfg.arch)
     if num_classes is not None and num_classes != model.num_classes:
         log.warning(
@@ -251,6 +260,7 @@ def from_pretrained(
             src, model.num_classes, num_classes,
         )
         model.reset_classifier(num_classes)
+        model.class_names = None
     if size is not None and size != tuple(model.config.img_size):
         if not isinstance(cfg, MixerConfig):
             raise ValueError("img_size changes are supported for MLP-Mixer checkpoints only")
@@ -268,7 +278,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path
     cfg_json = json.dumps(model.config.to_dict(), sort_keys=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(sd, tmp, metadata={"mixerlab_config": cfg_json}))
-    atomic_write_json(out / CONFIG_NAME, model.config.to_dict())
+    names = getattr(model, "class_names", None)
+    atomic_write_json(out / CONFIG_NAME, {**model.config.to_dict(), **({"class_names": names} if names else {})})
     return out
 
 

@@ -102,6 +102,7 @@ class MlpMixer(nn.Module, HubMixin):
         self.num_classes = cfg.num_classes
         self.num_features = self.embed_dim = cfg.embed_dim
         self.grad_checkpointing = False
+        self.class_names: list[str] | None = None  # set when loaded from a checkpoint that names them
 
         self.stem = PatchStem(cfg)
         n = cfg.depth

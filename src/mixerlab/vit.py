@@ -66,6 +66,7 @@ class VisionTransformer(nn.Module, HubMixin):
         self.num_classes = cfg.num_classes
         self.num_features = self.embed_dim = cfg.embed_dim
         self.grad_checkpointing = False
+        self.class_names: list[str] | None = None  # set when loaded from a checkpoint that names them
 
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))

@@ -1,0 +1,71 @@
+"""Augmentation on whole batches of uint8 tensors, on the training device.
+
+Per-sample randomness (crop offsets, flips, RandAugment ops drawn per chunk, mixup pairs) comes from
+torch's global generator, which the trainer seeds from (seed, step, rank): a resumed run draws exactly
+what the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+# Inputs are scaled to [-1, 1], as the official code and timm's Mixer weights expect.
+MEAN, STD = 0.5, 0.5
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [-1, 1]."""
+    return x.to(dtype).div_(255.0).sub_(MEAN).div_(STD)
+
+
+def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad by `pad` pixels (zeros) and crop back at an independent random offset per image."""
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    rows = (oy + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(-1, x.shape[1], -1, w + 2 * pad)
+    xp = torch.gather(xp, 2, rows)  # (B, C, H, W + 2p)
+    cols = (ox + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    return torch.gather(xp, 3, cols)
+
+
+def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    mask = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class BatchAugment:
+    """crop + flip + RandAugment(n, m), all optional, on a uint8 batch; returns it uint8."""
+
+    def __init__(self, crop_pad: int = 0, flip: bool = False, randaug_n: int = 0, randaug_m: int = 9,
+                 chunk: int = 16):
+        self.crop_pad, self.flip, self.chunk = crop_pad, flip, chunk
+        self.randaug = v2.RandAugment(num_ops=randaug_n, magnitude=randaug_m) if randaug_n > 0 else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = random_crop(x, self.crop_pad)
+        if self.flip:
+            x = random_flip(x)
+        if self.randaug is not None:
+            # RandAugment draws its ops once per call: call it per chunk so images get different ops.
+            x = torch.cat([self.randaug(c) for c in x.split(self.chunk)])
+        return x
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    off = smoothing / num_classes
+    t = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return t.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
+
+
+def mixup(x: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each image with its neighbour in the batch by one Beta(alpha, alpha) weight."""
+    if alpha <= 0:
+        return x, targets
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam * x + (1 - lam) * x.roll(1, 0), lam * targets + (1 - lam) * targets.roll(1, 0)

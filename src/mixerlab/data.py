@@ -1,0 +1,296 @@
+"""Datasets as in-memory uint8 tensors: (N, C, H, W) images, (N,) labels, and the class names.
+
+Small datasets (Fashion-MNIST, MNIST, CIFAR, a modest ImageFolder) fit in memory many times over, and
+keeping them there lets augmentation run on whole batches (`augment.py`), so the data never dominates
+the step time. Sources:
+
+- `fashion-mnist` (the default) and `mnist`: IDX files (gzipped or not), found in `--data-dir` or
+  $MIXERLAB_DATA, ~/.cache/mixerlab, /usr/share/datasets (Debian's `dataset-fashion-mnist`),
+  else downloaded and checked against known checksums;
+- `cifar10`, `cifar100`: the python-format folders (`cifar-10-batches-py`, `cifar-100-python`), read
+  through torchvision;
+- any other value is a path: an ImageFolder tree, with `train/` and `val/` (or `test/`) folders or a
+  single folder split with `--val-split`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .io_utils import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("fashion-mnist", "mnist", "cifar10", "cifar100")
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "val_images": "t10k-images-idx3-ubyte",
+    "val_labels": "t10k-labels-idx1-ubyte",
+}
+# sha256 of the *decompressed* files, so a recompressed copy (Debian's) checks as well as the original.
+IDX_SHA256 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+MIRRORS = {
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/"],
+}
+SYSTEM_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    classes: list[str]
+
+    @property
+    def in_chans(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# ---------------------------------------------------------------------------------------------- IDX
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file (truncated or corrupt?): {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: IDX header says {dims} but holds {body.size} bytes (truncated?)")
+    return body.reshape(dims)
+
+
+def _find_idx_dir(name: str, data_dir: str | None) -> Path | None:
+    candidates = []
+    for base in (data_dir, os.environ.get("MIXERLAB_DATA"), Path.home() / ".cache" / "mixerlab"):
+        if base:
+            candidates += [Path(base) / name, Path(base)]
+    candidates.append(Path(SYSTEM_DIRS[name]))
+    for d in candidates:
+        if all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in IDX_FILES.values()):
+            return d
+    return None
+
+
+def _sha256_of(path: Path) -> str:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def download_idx(name: str, dest: Path, mirrors: list[str] | None = None) -> Path:
+    """Fetch the four official files into `dest` (atomically) and verify their checksums."""
+    if not mirrors:
+        env = os.environ.get("MIXERLAB_MIRROR")
+        mirrors = [env] if env else MIRRORS[name]
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname in IDX_FILES.values():
+        target = dest / f"{fname}.gz"
+        if target.is_file():
+            continue
+        errors = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + f"/{fname}.gz"
+            try:
+                log.info("downloading %s", url)
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    data = r.read()
+            except OSError as e:
+                errors.append(f"{url}: {e}")
+                continue
+            expected = IDX_SHA256.get(name, {}).get(fname)
+            got = hashlib.sha256(gzip.decompress(data)).hexdigest() if expected else None
+            if expected and got != expected:
+                errors.append(f"{url}: checksum mismatch (sha256 {got}, expected {expected})")
+                continue
+            atomic_write_bytes(target, data)
+            break
+        else:
+            raise DataError(f"could not download {fname} for {name}: " + "; ".join(errors))
+    return dest
+
+
+def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
+    d = _find_idx_dir(name, data_dir)
+    if d is None:
+        if not download:
+            raise DataError(f"{name} not found in --data-dir, $MIXERLAB_DATA, ~/.cache/mixerlab or "
+                            f"{SYSTEM_DIRS[name]}")
+        d = download_idx(name, Path(data_dir or Path.home() / ".cache" / "mixerlab") / name)
+    arrays = {}
+    for key, fname in IDX_FILES.items():
+        path = d / fname if (d / fname).is_file() else d / f"{fname}.gz"
+        expected = IDX_SHA256.get(name, {}).get(fname)
+        if expected and _sha256_of(path) != expected:
+            raise DataError(f"{path}: checksum mismatch: the file is corrupt or not the official {name}")
+        arrays[key] = read_idx(path)
+    classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    log.info("%s from %s", name, d)
+
+    def split(prefix: str) -> Split:
+        x, y = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
+        if len(x) != len(y):
+            raise DataError(f"{d}: {prefix} has {len(x)} images but {len(y)} labels")
+        return Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+
+    return Dataset(name, split("train"), split("val"), list(classes))
+
+
+# -------------------------------------------------------------------------------------------- CIFAR
+def load_cifar(name: str, data_dir: str | None = None) -> Dataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    bases = [b for b in (data_dir, os.environ.get("MIXERLAB_DATA"), Path.home() / ".cache" / "mixerlab") if b]
+    for base in bases:
+        if (Path(base) / cls.base_folder).is_dir():
+            try:
+                train, val = cls(str(base), train=True), cls(str(base), train=False)
+            except RuntimeError as e:
+                raise DataError(f"{Path(base) / cls.base_folder}: {e}") from None
+
+            def split(ds) -> Split:
+                x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+                return Split(x, torch.tensor(ds.targets, dtype=torch.int64))
+
+            return Dataset(name, split(train), split(val), list(train.classes))
+    raise DataError(
+        f"{name}: no '{cls.base_folder}' folder in {', '.join(map(str, bases))}; unpack the python-format "
+        f"archive there (torchvision.datasets.{cls.__name__}(root, download=True) fetches it)"
+    )
+
+
+# -------------------------------------------------------------------------------------- ImageFolder
+def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    items, empty = [], []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if not files:
+            empty.append(c)
+        items += [(p, i) for p in files]
+    if empty:
+        raise DataError(f"{root}: class folders with no images: {', '.join(empty)}")
+    return classes, items
+
+
+def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, channels: int | None,
+            strict: bool) -> tuple[Split, tuple[int, int], int]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, bad = [], [], []
+    for path, label in items:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if channels is None:
+                    channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = (im.height, im.width)
+                if (im.height, im.width) != size:
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            if strict:
+                raise DataError(f"{path}: corrupt or unreadable image: {e}") from None
+            bad.append(str(path))
+            continue
+        images.append(a.reshape(size[0], size[1], -1).transpose(2, 0, 1))
+        labels.append(label)
+    if bad:
+        log.warning("skipped %d corrupt image(s): %s%s", len(bad), ", ".join(bad[:10]), " ..." if len(bad) > 10 else "")
+    if not images:
+        raise DataError("no readable images")
+    x = torch.from_numpy(np.stack(images))
+    return Split(x, torch.tensor(labels, dtype=torch.int64)), size, channels  # type: ignore[return-value]
+
+
+def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_split: float = 0.1,
+                      seed: int = 0, strict: bool = False) -> Dataset:
+    """An ImageFolder tree, decoded once into memory at one size (the first image's, or `img_size`)."""
+    train_dir = root / "train"
+    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if train_dir.is_dir() and val_dir is not None:
+        classes, train_items = _list_images(train_dir)
+        val_classes, val_items = _list_images(val_dir)
+        if val_classes != classes:
+            only_t = sorted(set(classes) - set(val_classes))
+            only_v = sorted(set(val_classes) - set(classes))
+            raise DataError(f"{root}: train and {val_dir.name} have different classes "
+                            f"(only in train: {only_t}; only in {val_dir.name}: {only_v})")
+    else:
+        classes, items = _list_images(root)
+        if not 0 < val_split < 1:
+            raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, int(round(len(items) * val_split)))
+        val_items = [items[i] for i in order[:n_val]]
+        train_items = [items[i] for i in order[n_val:]]
+    train, size, ch = _decode(train_items, img_size, None, strict)
+    val, _, _ = _decode(val_items, size, ch, strict)
+    return Dataset(root.name, train, val, classes)
+
+
+def load_dataset(name: str = "fashion-mnist", data_dir: str | None = None, img_size: tuple[int, int] | None = None,
+                 val_split: float = 0.1, seed: int = 0, strict: bool = False, download: bool = True) -> Dataset:
+    """Any source by name or path (see the module docstring)."""
+    if name in ("fashion-mnist", "mnist"):
+        return load_idx_dataset(name, data_dir, download=download)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_dir)
+    path = Path(name).expanduser()
+    if path.exists():
+        return load_image_folder(path, img_size, val_split, seed, strict)
+    raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)} or an ImageFolder path")

@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import logging
 import os
+import pickle
 import struct
 import urllib.request
 from dataclasses import dataclass
@@ -184,27 +185,59 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
 
 
 # -------------------------------------------------------------------------------------------- CIFAR
+CIFAR_LAYOUT = {  # folder, train files, test file, meta file, label key, names key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """The CIFAR python format is pickle. Allow the numpy array reconstruction it needs, nothing else,
+    so a tampered data file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _SafeUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (expected the python-format CIFAR folder)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a CIFAR python-format file: {e}") from None
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
 def load_cifar(name: str, data_dir: str | None = None) -> Dataset:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    folder, train_files, test_file, meta_file, label_key, names_key = CIFAR_LAYOUT[name]
     bases = [b for b in (data_dir, os.environ.get("MIXERLAB_DATA"), Path.home() / ".cache" / "mixerlab") if b]
-    for base in bases:
-        if (Path(base) / cls.base_folder).is_dir():
-            try:
-                train, val = cls(str(base), train=True), cls(str(base), train=False)
-            except RuntimeError as e:
-                raise DataError(f"{Path(base) / cls.base_folder}: {e}") from None
+    root = next((Path(b) / folder for b in bases if (Path(b) / folder).is_dir()), None)
+    if root is None:
+        raise DataError(
+            f"{name}: no '{folder}' folder in {', '.join(map(str, bases))}; unpack the python-format archive "
+            f"there (torchvision.datasets.{name.upper()}(root, download=True) fetches it)"
+        )
 
-            def split(ds) -> Split:
-                x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-                return Split(x, torch.tensor(ds.targets, dtype=torch.int64))
+    def split(files: list[str]) -> Split:
+        xs, ys = [], []
+        for fname in files:
+            d = _read_cifar_file(root / fname)
+            if "data" not in d or label_key not in d:
+                raise DataError(f"{root / fname}: no 'data' or '{label_key}' entry")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys += list(d[label_key])
+        return Split(torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64))
 
-            return Dataset(name, split(train), split(val), list(train.classes))
-    raise DataError(
-        f"{name}: no '{cls.base_folder}' folder in {', '.join(map(str, bases))}; unpack the python-format "
-        f"archive there (torchvision.datasets.{cls.__name__}(root, download=True) fetches it)"
-    )
+    classes = [c.decode() if isinstance(c, bytes) else c for c in _read_cifar_file(root / meta_file)[names_key]]
+    return Dataset(name, split(train_files), split([test_file]), classes)
 
 
 # -------------------------------------------------------------------------------------- ImageFolder

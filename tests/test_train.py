@@ -1,0 +1,261 @@
+"""Training, evaluation and prediction on tiny generated datasets, in every supported format."""
+
+import gzip
+import hashlib
+import http.server
+import json
+import pickle
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mixerlab
+from mixerlab import data as data_mod
+from mixerlab.cli import main as cli
+from mixerlab.recipes import TrainConfig, resolve
+from mixerlab.train import TrainingError, train
+
+TINY = {"embed_dim": 16, "tokens_mlp_dim": 8, "channels_mlp_dim": 32, "depth": 2}
+
+
+def make_image_folder(root: Path, classes=("circle", "square", "stripe"), n=12, size=16, split=True):
+    """Classes a tiny model can tell apart: a bright blob at a class-specific place."""
+    rng = np.random.default_rng(0)
+    for part in (["train", "val"] if split else [""]):
+        for ci, c in enumerate(classes):
+            d = root / part / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n if part != "val" else n // 2):
+                a = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                a[ci * 5:ci * 5 + 5, :, ci % 3] = 250
+                Image.fromarray(a).save(d / f"{i}.png")
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def make_idx_dir(root: Path, n_train=64, n_val=32):
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_val)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 50, (n, 28, 28))
+        images[np.arange(n), labels * 2, :] = 255
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def tiny_cfg(tmp_path, data, **kw):
+    base = dict(data=str(data), model="mixer_nano", model_args=dict(TINY, patch_size=4), epochs=2, batch_size=8,
+                lr=3e-3, warmup_epochs=0.5, precision="fp32", out=str(tmp_path / "run"), quiet=True,
+                eval_batch_size=16)
+    base.update(kw)
+    return resolve("scratch", **base)
+
+
+def test_image_folder_run_writes_everything(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    summary = train(tiny_cfg(tmp_path, root, epochs=3))
+    run = tmp_path / "run"
+    for f in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "summary.json", "report.md", "loss.png",
+              "accuracy.png", "lr.png", "confusion.png"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
+                            "data_time_share", "elapsed_s"}
+    s = json.loads((run / "summary.json").read_text())
+    assert s == summary and 0 <= s["val_top1"] <= 1 and s["world_size"] == 1 and s["dataset"] == "shapes"
+    assert s["val_top1"] > 0.9  # the classes are trivially separable
+    model = mixerlab.from_pretrained(run)
+    assert model.class_names == ["circle", "square", "stripe"] and model.config.img_size == (16, 16)
+
+
+def test_eval_and_predict_cli(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=3))
+    run = tmp_path / "run"
+    assert cli(["eval", str(run), "--data", str(root), "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(res["per_class"]) == {"circle", "square", "stripe"} and res["top5"] == 1.0
+    assert (tmp_path / "ev" / "eval_confusion.png").is_file()
+    capsys.readouterr()
+    assert cli(["predict", str(run), str(root / "val" / "square"), "--topk", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 6 and all(len(r["top"]) == 2 for r in out)
+    assert sum(r["top"][0]["class"] == "square" for r in out) >= 5
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert cli(["predict", str(run), str(tmp_path / "broken.png")]) == 1
+    assert "unreadable image" in capsys.readouterr().out
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    cfg = tiny_cfg(tmp_path, root, drop_path=0.1, mixup=0.2, ema=0.9)
+    straight = TrainConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "straight")})
+    train(straight)
+    # 1 epoch and a bit, a kill, then the resume finishes the 2nd epoch.
+    steps = 36 // 8
+    assert train(cfg, stop_after_steps=steps + 2)["stopped"]
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
+    train(resume=str(tmp_path / "run"))
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=1))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny_cfg(tmp_path, root, epochs=1))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import mixerlab.train as tr
+
+    root = make_image_folder(tmp_path / "shapes")
+    real, calls = tr.train_step, {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        loss, g = real(*a, **kw)
+        return (float("nan") if calls["n"] == 6 else loss), g
+
+    monkeypatch.setattr(tr, "train_step", flaky)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 2.*last good checkpoint"):
+        train(tiny_cfg(tmp_path, root))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    from mixerlab.train import train_step
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(label_smoothing=0.1, mixup=0.0, clip_grad=0.0, lr=0.1, weight_decay=0.0, optimizer="sgd")
+    x = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (16,))
+    models = [mixerlab.create_model("mixer_nano", **TINY) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    train_step(models[0], [(x, y)], opts[0], cfg, 10, torch.device("cpu"), "fp32")
+    train_step(models[1], [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)], opts[1], cfg, 10,
+               torch.device("cpu"), "fp32")
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_idx_dataset_from_data_dir(tmp_path):
+    make_idx_dir(tmp_path / "mnist")
+    ds = data_mod.load_dataset("mnist", str(tmp_path))
+    assert ds.train.images.shape == (64, 1, 28, 28) and ds.val.labels.shape == (32,) and ds.num_classes == 10
+
+
+def test_download_against_a_local_server(tmp_path, monkeypatch):
+    files = make_idx_dir(tmp_path / "served")
+    sums = {p.name[:-3]: hashlib.sha256(gzip.decompress(p.read_bytes())).hexdigest() for p in files.glob("*.gz")}
+    monkeypatch.setitem(data_mod.IDX_SHA256, "fashion-mnist", sums)
+    monkeypatch.setitem(data_mod.SYSTEM_DIRS, "fashion-mnist", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MIXERLAB_DATA", raising=False)
+
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(files), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        monkeypatch.setenv("MIXERLAB_MIRROR", url)
+        ds = data_mod.load_dataset("fashion-mnist", str(tmp_path / "dl"))
+        assert ds.train.images.shape == (64, 1, 28, 28) and ds.classes[0] == "T-shirt/top"
+        assert (tmp_path / "dl" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
+        # a file that does not match its checksum is refused, and nothing is written
+        monkeypatch.setitem(data_mod.IDX_SHA256, "fashion-mnist", {**sums, "t10k-labels-idx1-ubyte": "0" * 64})
+        with pytest.raises(mixerlab.DataError, match="checksum mismatch"):
+            data_mod.load_dataset("fashion-mnist", str(tmp_path / "dl2"))
+        assert not (tmp_path / "dl2" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    finally:
+        server.shutdown()
+
+
+def test_cifar_format_folder(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 4).tolist()}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    ds = data_mod.load_dataset("cifar10", str(tmp_path))
+    assert ds.train.images.shape == (20, 3, 32, 32) and ds.val.images.shape == (4, 3, 32, 32)
+    assert ds.classes == [f"c{i}" for i in range(10)]
+    (base / "test_batch").write_bytes(pickle.dumps({"data": __import__("os").system}))
+    with pytest.raises(mixerlab.DataError, match="test_batch: not a CIFAR python-format file: refusing"):
+        data_mod.load_dataset("cifar10", str(tmp_path))
+
+
+def test_val_split_of_a_single_folder(tmp_path):
+    root = make_image_folder(tmp_path / "flat", n=10, split=False)
+    ds = data_mod.load_dataset(str(root), val_split=0.2)
+    assert len(ds.train) == 24 and len(ds.val) == 6 and ds.img_size == (16, 16) and ds.in_chans == 3
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(mixerlab.DataError, match="unknown dataset 'imagenet-99'"):
+        data_mod.load_dataset("imagenet-99")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(mixerlab.DataError, match="no class folders"):
+        data_mod.load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "hollow" / "cat").mkdir(parents=True)
+    with pytest.raises(mixerlab.DataError, match="class folders with no images: cat"):
+        data_mod.load_dataset(str(tmp_path / "hollow"))
+    root = make_image_folder(tmp_path / "mismatch")
+    (root / "val" / "stripe").rename(root / "val" / "zigzag")
+    with pytest.raises(mixerlab.DataError, match="different classes.*stripe.*zigzag"):
+        data_mod.load_dataset(str(root))
+
+
+def test_corrupt_images_are_named_and_skipped_or_fail_with_strict(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "shapes")
+    (root / "train" / "circle" / "bad.png").write_bytes(b"\x89PNG garbage")
+    with caplog.at_level("WARNING"):
+        ds = data_mod.load_dataset(str(root))
+    assert "skipped 1 corrupt image(s)" in caplog.text and "bad.png" in caplog.text
+    assert len(ds.train) == 36
+    with pytest.raises(mixerlab.DataError, match="bad.png: corrupt or unreadable image"):
+        data_mod.load_dataset(str(root), strict=True)
+
+
+def test_config_file_then_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("recipe: finetune\nepochs: 7\nlr: 0.01\n")
+    cfg = resolve("scratch", str(tmp_path / "c.yaml"), lr=0.02)
+    assert (cfg.recipe, cfg.optimizer, cfg.epochs, cfg.lr, cfg.weight_decay) == ("finetune", "sgd", 7, 0.02, 0.0)
+    (tmp_path / "c.toml").write_text('epochs = 3\nbogus = 1\n')
+    with pytest.raises(ValueError, match="unknown training config keys: \\['bogus'\\]"):
+        resolve("scratch", str(tmp_path / "c.toml"))
+
+
+def test_finetune_from_a_checkpoint_replaces_the_head(tmp_path, official_dir):
+    root = make_image_folder(tmp_path / "shapes", size=32)
+    cfg = resolve("finetune", data=str(root), pretrained=str(official_dir / "tiny_p4" / "params.npz"), epochs=1,
+                  batch_size=8, precision="fp32", out=str(tmp_path / "ft"), quiet=True)
+    summary = train(cfg)
+    model = mixerlab.from_pretrained(tmp_path / "ft")
+    assert model.num_classes == 3 and model.config.embed_dim == 64 and summary["val_top1"] >= 0

@@ -224,6 +224,34 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+# ----------------------------------------------------------------------------------------- bench
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="mixerlab models to compare (default: S/16 and B/16 Mixers and ViTs, plus timm's)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--resolutions", type=int, nargs="+", default=[112, 224, 448])
+    p.add_argument("--scale-models", nargs="+", default=["mixer_b16_224", "vit_b16_224"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench import run_default
+    from .train import pick_device
+
+    models = [(m, "mixerlab") for m in args.models] if args.models else None
+    res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
+                      tuple(args.resolutions), tuple(args.scale_models), tuple(args.precisions))
+    for name, slope in res["loglog_slope"].items():
+        print(f"log-log slope of time against patches, {name}: {slope:.2f}")
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- table
 
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
@@ -232,6 +260,8 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("train", "train from scratch or fine-tune (torchrun for several processes)", _add_train, _run_train),
     ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", _add_eval, _run_eval),
     ("predict", "classify image files", _add_predict, _run_predict),
+    ("bench", "inference and training throughput, Mixer beside ViT, and scaling with resolution",
+     _add_bench, _run_bench),
 ]
 
 

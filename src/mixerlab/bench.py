@@ -1,0 +1,214 @@
+"""Throughput measurement: Mixer beside ViT (and timm when installed), in one process, side by side.
+
+The paper's metric is images per second per core. Each number here is the median over repeats of a
+timed loop after warm-up; the machine, threads and torch version are recorded with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .flops import count_flops
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, iters: int = 3, repeats: int = 3,
+              min_time: float = 0.0) -> float:
+    """Median seconds per call over `repeats` timed loops of `iters` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = 0
+        while n < iters or time.perf_counter() - t < min_time:
+            fn()
+            n += 1
+        _sync(device)
+        times.append((time.perf_counter() - t) / n)
+    return statistics.median(times)
+
+
+def gemm_peak(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+              shapes: tuple[tuple[int, int, int], ...] = ((6272, 768, 3072), (6272, 3072, 768), (2048, 2048, 2048)),
+              ) -> dict[str, Any]:
+    """The best GEMM rate (FLOP/s) over the shapes B/16 at batch 32 runs, and a square one."""
+    device = torch.device(device)
+    best, rows = 0.0, []
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        s = time_call(lambda a=a, b=b: a @ b, device, warmup=2, iters=3, repeats=3)
+        rate = 2 * m * k * n / s
+        rows.append({"shape": [m, k, n], "gflops": rate / 1e9})
+        best = max(best, rate)
+    return {"dtype": str(dtype).replace("torch.", ""), "best_gflops": best / 1e9, "shapes": rows}
+
+
+def inference_throughput(model: nn.Module | Callable, x: torch.Tensor, device: torch.device,
+                         autocast_dtype: torch.dtype | None = None, **timing: Any) -> float:
+    """Images per second of a forward pass (no grad) at x's batch size."""
+    def call():
+        with torch.inference_mode():
+            if autocast_dtype is not None:
+                with torch.autocast(device.type, dtype=autocast_dtype):
+                    return model(x)
+            return model(x)
+
+    return x.shape[0] / time_call(call, device, **timing)
+
+
+def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str = "fp32",
+                     **timing: Any) -> float:
+    """Images per second of a full training step: forward, backward, AdamW."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    y = torch.randint(0, model.num_classes, (x.shape[0],), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return x.shape[0] / time_call(step, device, **timing)
+
+
+def loglog_slope(patches: list[int], seconds_per_image: list[float]) -> float:
+    """Least-squares slope of log(time) against log(patches): 1 is linear cost, 2 quadratic."""
+    lx = [math.log(p) for p in patches]
+    ly = [math.log(t) for t in seconds_per_image]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def timm_model(name: str) -> nn.Module | None:
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm.create_model(name, pretrained=False)
+
+
+def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool = False,
+                models: list[tuple[str, str]] | None = None, resolutions: tuple[int, ...] = (112, 224, 448),
+                scale_models: tuple[str, ...] = ("mixer_b16_224", "vit_b16_224"), precisions=("fp32", "bf16"),
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Mixer against the ViT of its size class at 224 px, then the resolution scan."""
+    from .registry import create_model
+
+    dev = torch.device(device)
+    cores = torch.get_num_threads()
+    timing = dict(warmup=1, iters=1, repeats=2) if quick else dict(warmup=2, iters=2, repeats=3)
+    models = models or [("mixer_s16_224", "mixerlab"), ("vit_s16_224", "mixerlab"), ("mixer_b16_224", "mixerlab"),
+                        ("vit_b16_224", "mixerlab"), ("mixer_b16_224", "timm"), ("vit_base_patch16_224", "timm")]
+    results: dict[str, Any] = {"machine": machine_info(), "batch": batch, "inference": [], "scaling": []}
+    for name, source in models:
+        model = create_model(name) if source == "mixerlab" else timm_model(name)
+        if model is None:
+            continue
+        model = model.to(dev).eval()
+        cfg = getattr(model, "config", None)  # timm models: 224 px RGB
+        h, w = cfg.img_size if cfg else (224, 224)
+        x = torch.randn(batch, cfg.in_chans if cfg else 3, h, w, device=dev)
+        gflops = count_flops(create_model(name)) / 1e9 if source == "mixerlab" else None
+        for prec in precisions:
+            ips = inference_throughput(model, x, dev, torch.bfloat16 if prec == "bf16" else None, **timing)
+            row = {"model": name, "source": source, "precision": prec, "img_s": ips, "img_s_core": ips / cores,
+                   "gflops_per_img": gflops}
+            results["inference"].append(row)
+            log(f"{source:>8} {name:<22} {prec:<5} {ips:8.2f} img/s  {ips / cores:7.2f} img/s/core")
+    for name in scale_models:
+        for res in resolutions:
+            model = create_model(name, img_size=res).to(dev).eval()
+            n = max(1, batch * 224 * 224 // (res * res))  # about the same pixels per call at every size
+            x = torch.randn(n, model.config.in_chans, res, res, device=dev)
+            ips = inference_throughput(model, x, dev, None, **timing)
+            row = {"model": name, "img_size": res, "patches": model.config.num_patches, "img_s": ips,
+                   "s_per_img": 1 / ips, "gflops_per_img": count_flops(model) / 1e9}
+            results["scaling"].append(row)
+            log(f"scaling {name:<16} {res:>4}px {model.config.num_patches:>5} patches {ips:8.2f} img/s")
+    slopes = {}
+    for name in scale_models:
+        rows = [r for r in results["scaling"] if r["model"] == name]
+        slopes[name] = loglog_slope([r["patches"] for r in rows], [r["s_per_img"] for r in rows])
+    results["loglog_slope"] = slopes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "bench.md").write_text(to_markdown(results))
+    plot(results, out_dir / "bench.png")
+    return results
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}.", "",
+             "| source | model | precision | img/s | img/s/core |", "| --- | --- | --- | --- | --- |"]
+    for r in results["inference"]:
+        lines.append(f"| {r['source']} | {r['model']} | {r['precision']} | {r['img_s']:.2f} | {r['img_s_core']:.2f} |")
+    lines += ["", "| model | px | patches | img/s | GFLOPs/img |", "| --- | --- | --- | --- | --- |"]
+    for r in results["scaling"]:
+        lines.append(f"| {r['model']} | {r['img_size']} | {r['patches']} | {r['img_s']:.2f} | "
+                     f"{r['gflops_per_img']:.1f} |")
+    lines += ["", "Log-log slope of time per image against patches: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in results.get("loglog_slope", {}).items()), ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    rows = results["inference"]
+    labels = [f"{r['source']}\n{r['model']}\n{r['precision']}" for r in rows]
+    axes[0].bar(range(len(rows)), [r["img_s_core"] for r in rows])
+    axes[0].set_xticks(range(len(rows)), labels, fontsize=6)
+    axes[0].set_ylabel("img/s/core")
+    axes[0].set_title(f"inference at 224 px, batch {results['batch']}")
+    for name in {r["model"] for r in results["scaling"]}:
+        s = [r for r in results["scaling"] if r["model"] == name]
+        axes[1].loglog([r["patches"] for r in s], [r["s_per_img"] for r in s], marker="o",
+                       label=f"{name} (slope {results['loglog_slope'][name]:.2f})")
+    axes[1].set_xlabel("patches")
+    axes[1].set_ylabel("seconds per image")
+    axes[1].legend()
+    axes[1].set_title("scaling with resolution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

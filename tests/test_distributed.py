@@ -1,0 +1,90 @@
+"""DistributedDataParallel on CPU (gloo), 2 processes: the same step as one process, and real runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import mixerlab
+from mixerlab.recipes import TrainConfig
+from mixerlab.train import train_step
+from tests.test_train import TINY, make_image_folder
+
+B = 8
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 255, (B, 1, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (B,),
+                                                                                              generator=g)
+
+
+def _cfg():  # no dropout, no mixup, no smoothing randomness
+    return TrainConfig(label_smoothing=0.1, mixup=0.0, clip_grad=1.0, weight_decay=0.05, optimizer="adamw", lr=1e-3)
+
+
+def _model():
+    torch.manual_seed(0)
+    return mixerlab.create_model("mixer_nano", init="timm", **TINY)
+
+
+def _worker(rank: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = _batch()
+    # the DistributedSampler's split: rank r takes every world-th sample
+    train_step(ddp, [(x[rank::world], y[rank::world])], opt, _cfg(), 10, torch.device("cpu"), "fp32")
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in model.state_dict().items()}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_processes_at_half_batch_equal_one_process(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = _batch()
+    train_step(model, [(x, y)], opt, _cfg(), 10, torch.device("cpu"), "fp32")
+    ddp = torch.load(out, weights_only=True)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def _torchrun(args, env=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mixerlab", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    args = ["--data", str(root), "--model", "mixer_nano", "--batch-size", "4", "--epochs", "1", "--precision",
+            "fp32", "--quiet", "--out", str(run)] + sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
+    r = _torchrun(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 1
+    assert json.loads((run / "config.json").read_text())["global_batch"] == 8
+    assert len(list(tmp_path.rglob("summary.json"))) == 1
+    r = _torchrun(["--resume", str(run), "--epochs", "2", "--quiet"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in rows] == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2

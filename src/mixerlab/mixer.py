@@ -13,10 +13,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from .base import ClassifierBase
 from .config import MixerConfig
-from .hub import HubMixin
 from .layers import DropPath, lecun_normal_, make_act
 
 
@@ -94,15 +93,11 @@ def check_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, int], hint:
         )
 
 
-class MlpMixer(nn.Module, HubMixin):
+class MlpMixer(ClassifierBase):
     def __init__(self, cfg: MixerConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = (cfg or MixerConfig()).replace(**overrides) if overrides else (cfg or MixerConfig())
-        self.config = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = self.embed_dim = cfg.embed_dim
-        self.grad_checkpointing = False
-        self.class_names: list[str] | None = None  # set when loaded from a checkpoint that names them
+        self._init_common(cfg)
 
         self.stem = PatchStem(cfg)
         n = cfg.depth
@@ -138,36 +133,13 @@ class MlpMixer(nn.Module, HubMixin):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # -- timm-style API -------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a zero-initialised one, as the official fine-tuning does."""
-        self.num_classes = num_classes
-        self.config = self.config.replace(num_classes=num_classes)
-        ref = self.norm.weight
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
-
     def _features_token_major(self, x: torch.Tensor) -> torch.Tensor:
         check_input(
             x, self.config.in_chans, self.config.img_size,
             hint="; mixerlab.resize_token_mixing(model, (H, W)) adapts a model to a new size",
         )
         x = self.stem(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for blk in self.blocks:
-                x = checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        x = self._run_blocks(x)
         return self.norm(x)  # (S, B, C)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

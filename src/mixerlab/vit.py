@@ -11,10 +11,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from .base import ClassifierBase
 from .config import ViTConfig
-from .hub import HubMixin
 from .layers import DropPath
 from .mixer import Mlp, check_input
 
@@ -58,15 +57,11 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
 
 
-class VisionTransformer(nn.Module, HubMixin):
+class VisionTransformer(ClassifierBase):
     def __init__(self, cfg: ViTConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = (cfg or ViTConfig()).replace(**overrides) if overrides else (cfg or ViTConfig())
-        self.config = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = self.embed_dim = cfg.embed_dim
-        self.grad_checkpointing = False
-        self.class_names: list[str] | None = None  # set when loaded from a checkpoint that names them
+        self._init_common(cfg)
 
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -95,33 +90,12 @@ class VisionTransformer(nn.Module, HubMixin):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.config = self.config.replace(num_classes=num_classes)
-        ref = self.norm.weight
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final LayerNorm, class token first: (B, 1 + S, C)."""
         check_input(x, self.config.in_chans, self.config.img_size)
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for blk in self.blocks:
-                x = checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        x = self._run_blocks(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

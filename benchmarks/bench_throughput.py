@@ -1,0 +1,111 @@
+"""The performance targets, measured side by side in one process, printed as ratios.
+
+Workload: Mixer-B/16 at 224 px, batch 32 (override with --batch). Peers: timm's eager mixer_b16_224 (when
+timm is installed) and our own ViT-B/16. The GEMM-bound limit is the model's FLOPs at the best GEMM rate
+measured in this same run. Results go to runs/bench/targets.json; copy the table into docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/bench_throughput.py [--batch 32] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import mixerlab
+from mixerlab.bench import gemm_peak, inference_throughput, machine_info, train_throughput
+
+
+def timm_way_mixer(cfg: mixerlab.MixerConfig) -> nn.Module:
+    """The same model written the usual way (timm's layout: transpose, then Linear over tokens)."""
+    from timm.models.mlp_mixer import MlpMixer as TimmMixer
+
+    return TimmMixer(num_classes=cfg.num_classes, img_size=cfg.img_size, in_chans=cfg.in_chans,
+                     patch_size=cfg.patch_size, num_blocks=cfg.depth, embed_dim=cfg.embed_dim,
+                     mlp_ratio=(cfg.tokens_mlp_dim / cfg.embed_dim, cfg.channels_mlp_dim / cfg.embed_dim))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="runs/bench")
+    args = ap.parse_args()
+    timing = dict(warmup=1, iters=1, repeats=2) if args.quick else dict(warmup=2, iters=2, repeats=3)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cores = torch.get_num_threads()
+    res: dict = {"machine": machine_info(), "batch": args.batch}
+    print(json.dumps(res["machine"]))
+    torch.manual_seed(0)
+    ours = mixerlab.create_model("mixer_b16_224").to(dev).eval()
+    x = torch.randn(args.batch, 3, 224, 224, device=dev)
+    flops = mixerlab.count_flops(ours) * args.batch
+
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        peak = gemm_peak(dtype, dev)
+        row = {"gemm_gflops": peak["best_gflops"]}
+        t = time.perf_counter()
+        fast = mixerlab.optimize_for_inference(ours, dtype, compile=True, example=x)
+        row["compile_s"] = time.perf_counter() - t
+        row["ours_optimized"] = inference_throughput(fast, x, dev, **timing)
+        row["ours_optimized_eager"] = inference_throughput(
+            mixerlab.optimize_for_inference(ours, dtype, compile=False), x, dev, **timing)
+        row["ours_eager"] = inference_throughput(ours, x, dev, None if label == "fp32" else torch.bfloat16, **timing)
+        limit = peak["best_gflops"] * 1e9 / (flops / args.batch)
+        row["gemm_bound_img_s"] = limit
+        row["fraction_of_gemm_bound"] = row["ours_optimized"] / limit
+        try:
+            import timm
+
+            peer = timm.create_model("mixer_b16_224", pretrained=False).to(dev).eval()
+            row["timm_eager"] = inference_throughput(peer, x, dev, None if label == "fp32" else torch.bfloat16,
+                                                     **timing)
+            row["ratio_vs_timm"] = row["ours_optimized"] / row["timm_eager"]
+            row["eager_ratio_vs_timm"] = row["ours_eager"] / row["timm_eager"]
+        except ImportError:
+            print("timm not installed: no timm column")
+        res[f"inference_{label}"] = row
+        print(label, {k: round(v, 3) for k, v in row.items()})
+
+    # Training step of the demo-sized model, ours against the timm way.
+    demo = mixerlab.get_config("mixer_nano", in_chans=1, img_size=28, num_classes=10)
+    xb = torch.randn(128, 1, 28, 28, device=dev)
+    for prec in ("fp32", "bf16"):
+        a = train_throughput(mixerlab.MlpMixer(demo).to(dev), xb, dev, prec, **timing)
+        row = {"ours": a}
+        try:
+            b = train_throughput(timm_way_mixer(demo).to(dev), xb, dev, prec, **timing)
+            row.update(timm_way=b, ratio=a / b)
+        except ImportError:
+            pass
+        res[f"train_{prec}"] = row
+        print("train", prec, {k: round(v, 3) for k, v in row.items()})
+
+    # Linear against quadratic: Mixer-B/16's advantage over ViT-B/16 at 448 px against 224 px.
+    adv = {}
+    for size in (224, 448):
+        n = max(1, args.batch * 224 * 224 // (size * size))
+        xs = torch.randn(n, 3, size, size, device=dev)
+        m = inference_throughput(mixerlab.create_model("mixer_b16_224", img_size=size).to(dev).eval(), xs, dev,
+                                 **timing)
+        v = inference_throughput(mixerlab.create_model("vit_b16_224", img_size=size).to(dev).eval(), xs, dev,
+                                 **timing)
+        adv[size] = {"mixer_img_s": m, "vit_img_s": v, "mixer_over_vit": m / v,
+                     "mixer_img_s_core": m / cores, "vit_img_s_core": v / cores}
+        print(size, {k: round(val, 3) for k, val in adv[size].items()})
+    adv["advantage_448_over_224"] = adv[448]["mixer_over_vit"] / adv[224]["mixer_over_vit"]
+    res["mixer_vs_vit"] = adv
+    print("Mixer/ViT advantage at 448 px over that at 224 px:", round(adv["advantage_448_over_224"], 3))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "targets.json").write_text(json.dumps(res, indent=2, default=str))
+    print(f"wrote {out / 'targets.json'}")
+
+
+if __name__ == "__main__":
+    main()

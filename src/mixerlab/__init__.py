@@ -4,6 +4,7 @@ from .config import MixerConfig, ViTConfig, config_from_dict
 from .errors import CheckpointError, DataError, MixerlabError
 from .flops import count_flops, count_macs, count_params
 from .hub import from_pretrained, save_pretrained, save_timm
+from .inference import optimize_for_inference
 from .mixer import MlpMixer
 from .official import save_official
 from .registry import create_model, get_config, list_models, model_from_config
@@ -29,6 +30,7 @@ __all__ = [
     "get_config",
     "list_models",
     "model_from_config",
+    "optimize_for_inference",
     "resize_token_mixing",
     "save_official",
     "save_pretrained",

@@ -259,3 +259,28 @@ def test_finetune_from_a_checkpoint_replaces_the_head(tmp_path, official_dir):
     summary = train(cfg)
     model = mixerlab.from_pretrained(tmp_path / "ft")
     assert model.num_classes == 3 and model.config.embed_dim == 64 and summary["val_top1"] >= 0
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_image_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "mixerlab", "train", "--data", str(root), "--model", "mixer_nano", "--epochs", "500",
+            "--batch-size", "4", "--precision", "fp32", "--quiet", "--out", str(run)]
+    args += sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # at least one epoch done
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "resume with: mixerlab train --resume" in out
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1 and not (run / "summary.json").exists()

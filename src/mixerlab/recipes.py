@@ -86,7 +86,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # without label smoothing or random crops, so only flips are kept.
     "demo": dict(model="mixer_nano", model_args=dict(patch_size=4, depth=6, channels_mlp_dim=256),
                  optimizer="adamw", lr=5e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
-                 clip_grad=1.0, label_smoothing=0.0, crop_pad=0, flip=True, epochs=9, batch_size=128),
+                 clip_grad=1.0, label_smoothing=0.0, crop_pad=0, flip=True, epochs=8, batch_size=128),
     # Fine-tuning: SGD with momentum 0.9, cosine decay with warmup, no weight decay, clipping at 1,
     # head replaced (zero-initialised).
     "finetune": dict(optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, schedule="cosine",

@@ -22,11 +22,15 @@ from mixerlab.bench import gemm_peak, inference_throughput, machine_info, train_
 
 
 def timm_way_mixer(cfg: mixerlab.MixerConfig) -> nn.Module:
-    """The same model written the usual way (timm's layout: transpose, then Linear over tokens)."""
+    """The same model written the usual way (timm's layout: transpose, then Linear over tokens), with
+    the same activation, so that only the layout differs."""
+    from functools import partial
+
     from timm.models.mlp_mixer import MlpMixer as TimmMixer
 
+    act = partial(nn.GELU, approximate="tanh") if cfg.act == "gelu_tanh" else nn.GELU
     return TimmMixer(num_classes=cfg.num_classes, img_size=cfg.img_size, in_chans=cfg.in_chans,
-                     patch_size=cfg.patch_size, num_blocks=cfg.depth, embed_dim=cfg.embed_dim,
+                     patch_size=cfg.patch_size, num_blocks=cfg.depth, embed_dim=cfg.embed_dim, act_layer=act,
                      mlp_ratio=(cfg.tokens_mlp_dim / cfg.embed_dim, cfg.channels_mlp_dim / cfg.embed_dim))
 
 

@@ -107,6 +107,15 @@ def test_hugging_face_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     back = mixerlab.from_pretrained("someone/tiny-mixer")
     assert torch.equal(back.head.weight, model.head.weight)
+    # a timm repo in the cache: model.safetensors (a timm state dict) beside timm's own config.json
+    snap = tmp_path / "hub" / "models--timm--tiny" / "snapshots" / ("b" * 40)
+    snap.mkdir(parents=True)
+    mixerlab.save_timm(model, snap / "model.safetensors")
+    (snap / "config.json").write_text('{"architecture": "mixer_b16_224", "num_classes": 5}')
+    (tmp_path / "hub" / "models--timm--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--tiny" / "refs" / "main").write_text("b" * 40)
+    from_timm = mixerlab.from_pretrained("timm/tiny")
+    assert from_timm.config.act == "gelu" and torch.equal(from_timm.head.weight, model.head.weight)
     with pytest.raises(mixerlab.CheckpointError, match="not in the Hugging Face cache"):
         mixerlab.from_pretrained("someone/not-there")
 

@@ -41,7 +41,8 @@ def detect_format(path: Path) -> str:
     """'mixerlab-dir', 'run-dir', 'npz', 'torch' or 'safetensors', from the bytes, not the name."""
     if path.is_dir():
         if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-            return "mixerlab-dir"
+            # timm's Hugging Face repos hold the same two names, with timm's config ("architecture")
+            return "mixerlab-dir" if '"arch"' in (path / CONFIG_NAME).read_text() else "timm-dir"
         if any((path / n).is_file() for n in TRAIN_CKPT_NAMES):
             return "run-dir"
         raise CheckpointError(
@@ -162,6 +163,8 @@ def load_state_and_config(
 
     path = resolve_source(src)
     fmt = detect_format(path)
+    if fmt == "timm-dir":
+        path, fmt = path / WEIGHTS_NAME, "safetensors"
     if fmt == "run-dir":
         path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
         fmt = "torch"

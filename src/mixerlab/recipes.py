@@ -104,7 +104,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
         d = yaml.safe_load(text) or {}
     elif path.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
 
         d = tomllib.loads(text)
     else:

@@ -165,9 +165,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from . import from_pretrained
     from .data import load_dataset
+    from .distributed import pick_device
     from .evaluate import evaluate
     from .report import plot_confusion
-    from .train import pick_device
 
     model = from_pretrained(args.src)
     size = tuple(model.config.img_size)
@@ -205,8 +205,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from . import from_pretrained
+    from .distributed import pick_device
     from .evaluate import list_image_files, predict_files
-    from .train import pick_device
 
     model = from_pretrained(args.src)
     files = list_image_files(args.images)
@@ -241,7 +241,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bench import run_default
-    from .train import pick_device
+    from .distributed import pick_device
 
     models = [(m, "mixerlab") for m in args.models] if args.models else None
     res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,

@@ -10,6 +10,13 @@ from typing import Any, ClassVar
 from .layers import ACTIVATIONS, to_2tuple
 
 
+def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`, naming them."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {unknown}")
+
+
 @dataclass
 class _Config:
     arch: ClassVar[str] = ""
@@ -28,10 +35,7 @@ class _Config:
         arch = d.pop("arch", cls.arch)
         if arch != cls.arch:
             raise ValueError(f"config is for arch {arch!r}, not {cls.arch!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.arch} config keys: {unknown}")
+        check_known_keys(cls, d, f"{cls.arch} config")
         return cls(**d)
 
     def replace(self, **overrides: Any) -> _Config:

@@ -22,13 +22,18 @@ class DistContext:
     initialised_here: bool = False
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto': the GPU when CUDA is available, else the CPU; any other name as torch spells it."""
+    if name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def setup(device: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = pick_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)

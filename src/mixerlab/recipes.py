@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import check_known_keys
+
 
 @dataclass
 class TrainConfig:
@@ -64,10 +66,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {unknown}")
+        check_known_keys(cls, d, "training config")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])

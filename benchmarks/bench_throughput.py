@@ -43,6 +43,8 @@ def main() -> None:
     timing = dict(warmup=1, iters=1, repeats=2) if args.quick else dict(warmup=2, iters=2, repeats=3)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cores = torch.get_num_threads()
+    # Process-wide, so timm and ViT below run with the same malloc (MIXERLAB_MALLOC=default to compare).
+    mixerlab.tune_cpu_allocator()
     res: dict = {"machine": machine_info(), "batch": args.batch}
     print(json.dumps(res["machine"]))
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """mixerlab: MLP-Mixer (Tolstikhin et al., 2021) in PyTorch."""
 
+from .allocator import tune_cpu_allocator
 from .config import MixerConfig, ViTConfig, config_from_dict
 from .errors import CheckpointError, DataError, MixerlabError
 from .flops import count_flops, count_macs, count_params
@@ -35,4 +36,5 @@ __all__ = [
     "save_official",
     "save_pretrained",
     "save_timm",
+    "tune_cpu_allocator",
 ]

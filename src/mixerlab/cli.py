@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from .allocator import tune_cpu_allocator
 from .errors import MixerlabError
 
 
@@ -284,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    tune_cpu_allocator()
     try:
         return int(args._run(args) or 0)
     except (MixerlabError, ValueError, FileNotFoundError) as e:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .allocator import tune_cpu_allocator
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,8 @@ def optimize_for_inference(
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     m = copy.deepcopy(model).eval().requires_grad_(False)
     means = ["eval", "no-grad inference mode"]
+    if next(m.parameters()).device.type == "cpu" and tune_cpu_allocator():
+        means.append("malloc keeps freed pages")
     if dtype == torch.bfloat16:
         m = m.to(torch.bfloat16)
         means.append("weights cast to bf16 once")

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed as dist_utils
+from .allocator import tune_cpu_allocator
 from .augment import BatchAugment, mixup, soft_targets
 from .config import MixerConfig
 from .data import Dataset, load_dataset
@@ -250,6 +251,8 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
     if not is_main or cfg.quiet:
         logging.getLogger("mixerlab").setLevel(logging.WARNING)
     precision = pick_precision(cfg.precision, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
 
     size = (cfg.img_size, cfg.img_size) if cfg.img_size and not cfg.pretrained else None

@@ -1,0 +1,53 @@
+"""Keep freed memory in the process instead of handing it back to the kernel (glibc malloc on Linux).
+
+By default glibc serves every allocation above 128 KiB-32 MiB with a fresh `mmap` and returns it with
+`munmap` on free, and trims the heap top above 128 KiB. A training step allocates and frees the same
+multi-megabyte activations hundreds of times, so every step pays page faults to zero the same pages
+again: on the 2-core VM of docs/benchmarks.md that was a third of the demo model's bf16 training step
+(about 1,000 against 1,400 img/s, the same model and data). Raising both thresholds lets malloc reuse
+the pages, which is what tcmalloc and jemalloc do and why PyTorch's CPU tuning guides preload them; this
+gets the same effect without a preload. The price: the process keeps its peak memory until it exits.
+
+`tune_cpu_allocator()` is called by the CLI and by `optimize_for_inference`; set MIXERLAB_MALLOC=default
+to leave malloc alone. It is a no-op where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_THRESHOLD = 1 << 30  # 1 GiB: larger blocks still go to mmap, smaller ones are reused from the heap
+_done: bool | None = None
+
+
+def tune_cpu_allocator() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process. Returns whether malloc is tuned."""
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if os.environ.get("MIXERLAB_MALLOC", "").lower() == "default":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        log.debug("mallopt refused the thresholds; malloc left at its defaults")
+    _done = ok
+    return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether `tune_cpu_allocator` has taken effect in this process (benchmarks record it)."""
+    return bool(_done)

@@ -1,14 +1,15 @@
 """Keep freed memory in the process instead of handing it back to the kernel (glibc malloc on Linux).
 
-By default glibc serves every allocation above 128 KiB-32 MiB with a fresh `mmap` and returns it with
-`munmap` on free, and trims the heap top above 128 KiB. A training step allocates and frees the same
-multi-megabyte activations hundreds of times, so every step pays page faults to zero the same pages
-again: on the 2-core VM of docs/benchmarks.md that was a third of the demo model's bf16 training step
-(about 1,000 against 1,400 img/s, the same model and data). Raising both thresholds lets malloc reuse
-the pages, which is what tcmalloc and jemalloc do and why PyTorch's CPU tuning guides preload them; this
-gets the same effect without a preload. The price: the process keeps its peak memory until it exits.
+By default glibc serves every allocation above a threshold (128 KiB, adapting up to 32 MiB) with a
+fresh `mmap`, returns it with `munmap` on free, and trims free memory above 128 KiB off the heap top.
+A training step allocates and frees the same multi-megabyte activations hundreds of times, so every
+step pays page faults to zero the same pages again: on the 2-core VM of docs/benchmarks.md the demo
+model's bf16 training step ran at about 1,000 img/s that way against 1,400 with the pages reused.
+Raising both thresholds lets malloc reuse them, which is what tcmalloc and jemalloc do and why
+PyTorch's CPU tuning guides preload them; this gets the same effect without a preload. The price: the
+process keeps its peak memory until it exits.
 
-`tune_cpu_allocator()` is called by the CLI and by `optimize_for_inference`; set MIXERLAB_MALLOC=default
+`tune_cpu_allocator()` is called by the CLI, the trainer and `optimize_for_inference`; set MIXERLAB_MALLOC=default
 to leave malloc alone. It is a no-op where the C library is not glibc.
 """
 

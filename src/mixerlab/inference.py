@@ -7,7 +7,7 @@ Measured on a 2-core AVX512-BF16 CPU (docs/benchmarks.md):
   and fuse bias and GELU into the GEMMs. It costs a compile (tens of seconds for B/16 on 2 cores); pass
   `compile=False` to skip it and keep the eager speed-ups.
 - The compiled and the eager forward are then timed on the example and the faster is kept: in bf16
-  the compiled one wins here (1.2x), in fp32 eager MKL GEMMs beat oneDNN's compiled ones (0.96x).
+  the compiled one wins here (1.1-1.2x), in fp32 eager MKL GEMMs beat oneDNN's compiled ones (0.95x).
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
 """
@@ -49,6 +49,8 @@ def _seconds_per_call(fn: Any, x: torch.Tensor, calls: int = 2) -> float:
     best = float("inf")
     with torch.inference_mode():
         fn(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
         for _ in range(calls):
             t = time.perf_counter()
             fn(x)

@@ -7,7 +7,7 @@ Measured on a 2-core AVX512-BF16 CPU (docs/benchmarks.md):
   and fuse bias and GELU into the GEMMs. It costs a compile (tens of seconds for B/16 on 2 cores); pass
   `compile=False` to skip it and keep the eager speed-ups.
 - The compiled and the eager forward are then timed on the example and the faster is kept: in bf16
-  the compiled one wins here (1.1-1.2x), in fp32 eager MKL GEMMs beat oneDNN's compiled ones (0.95x).
+  the compiled one wins here (1.1-1.2x); in fp32 the two are within noise of each other (0.95-1.04x).
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
 """
@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .allocator import tune_cpu_allocator
+from .bench import time_call
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ class InferenceModel(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x.to(self.dtype)).float()
-
-
-def _seconds_per_call(fn: Any, x: torch.Tensor, calls: int = 2) -> float:
-    """The best of `calls` timed calls after one warm-up (a noisy machine only ever adds time)."""
-    best = float("inf")
-    with torch.inference_mode():
-        fn(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        for _ in range(calls):
-            t = time.perf_counter()
-            fn(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t)
-    return best
 
 
 def optimize_for_inference(
@@ -103,7 +88,9 @@ def optimize_for_inference(
             log.warning("torch.compile unavailable (%s: %s); using eager", type(e).__name__, str(e)[:200])
         else:
             # Measurement picks: on some CPUs oneDNN's compiled fp32 GEMMs lose to MKL's eager ones.
-            t_compiled, t_eager = _seconds_per_call(compiled, example), _seconds_per_call(m, example)
+            with torch.inference_mode():
+                t_compiled, t_eager = (time_call(lambda f=f: f(example), example.device, warmup=1, iters=1,
+                                                 repeats=3) for f in (compiled, m))
             if t_compiled < t_eager:
                 fn = compiled
                 means.append(f"torch.compile (Inductor, freezing): {t_eager / t_compiled:.2f}x eager")

@@ -63,7 +63,8 @@ def optimize_for_inference(
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     m = copy.deepcopy(model).eval().requires_grad_(False)
     means = ["eval", "no-grad inference mode"]
-    if next(m.parameters()).device.type == "cpu" and tune_cpu_allocator():
+    device = next(m.parameters()).device
+    if device.type == "cpu" and tune_cpu_allocator():
         means.append("malloc keeps freed pages")
     if dtype == torch.bfloat16:
         m = m.to(torch.bfloat16)
@@ -74,7 +75,7 @@ def optimize_for_inference(
         if example is None:
             h, w = m.config.img_size
             example = torch.randn(1, m.config.in_chans, h, w)
-        example = example.to(dtype=dtype, device=next(m.parameters()).device)
+        example = example.to(dtype=dtype, device=device)
         try:
             import torch._inductor.config as inductor_config
 
@@ -89,7 +90,7 @@ def optimize_for_inference(
         else:
             # Measurement picks: on some CPUs oneDNN's compiled fp32 GEMMs lose to MKL's eager ones.
             with torch.inference_mode():
-                t_compiled, t_eager = (time_call(lambda f=f: f(example), example.device, warmup=1, iters=1,
+                t_compiled, t_eager = (time_call(lambda f=f: f(example), device, warmup=1, iters=1,
                                                  repeats=3) for f in (compiled, m))
             if t_compiled < t_eager:
                 fn = compiled

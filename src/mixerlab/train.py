@@ -94,10 +94,14 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernels update every tensor in one pass instead of a dozen small ops per tensor,
+    # which on a small model is a visible share of the step (CPU and CUDA both have them).
+    params = decay + no_decay
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
 
 
@@ -156,7 +160,7 @@ def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     if scaler is not None:
         scaler.unscale_(optimizer)
     clip = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True).item()
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

@@ -98,6 +98,35 @@ def test_eval_and_predict_cli(tmp_path, capsys):
     assert "unreadable image" in capsys.readouterr().out
 
 
+def test_flip_tta_averages_the_two_views(tmp_path, capsys):
+    from mixerlab.data import Split
+    from mixerlab.evaluate import evaluate, prepare
+
+    torch.manual_seed(0)
+    model = mixerlab.create_model("mixer_micro", num_classes=4, img_size=16, in_chans=1, patch_size=4, **TINY)
+    torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would give uniform predictions
+    split = Split(torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (10,)))
+    res = evaluate(model, split, 4, batch_size=4, tta=True)
+    with torch.no_grad():
+        x = prepare(split.images, model, torch.device("cpu"))
+        probs = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2
+    want_loss = torch.nn.functional.nll_loss(probs.log(), split.labels).item()
+    assert res["tta"] == "flip" and res["loss"] == pytest.approx(want_loss, rel=1e-5)
+    assert res["top1"] == pytest.approx((probs.argmax(1) == split.labels).float().mean().item())
+    plain = evaluate(model, split, 4, batch_size=4)
+    assert plain["tta"] is None and plain["loss"] != pytest.approx(want_loss, rel=1e-5)
+    # From the CLI: the TTA result sits beside the plain one and never overwrites it.
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=1))
+    ev = tmp_path / "ev"
+    assert cli(["eval", str(tmp_path / "run"), "--data", str(root), "--out", str(ev)]) == 0
+    assert cli(["eval", str(tmp_path / "run"), "--data", str(root), "--out", str(ev), "--tta"]) == 0
+    assert "flip TTA" in capsys.readouterr().out
+    assert json.loads((ev / "eval.json").read_text())["tta"] is None
+    assert json.loads((ev / "eval_tta.json").read_text())["tta"] == "flip"
+    assert (ev / "eval_tta_confusion.png").is_file()
+
+
 def test_resume_is_bitwise_exact(tmp_path):
     root = make_image_folder(tmp_path / "shapes")
     cfg = tiny_cfg(tmp_path, root, drop_path=0.1, mixup=0.2, ema=0.9)

@@ -159,6 +159,9 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
+    p.add_argument("--tta", action="store_true",
+                   help="also average each image with its mirror (flip test-time augmentation); the "
+                        "results go to eval_tta.json beside eval.json")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -178,7 +181,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model.to(device)
     res = evaluate(model, getattr(data, args.split), data.num_classes, device, args.batch_size,
-                   args.precision, progress=True)
+                   args.precision, progress=True, tta=args.tta)
     out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
     out.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "class_names", None) or data.classes
@@ -186,13 +189,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     res.update({"source": str(args.src), "data": args.data, "split": args.split})
     from .io_utils import atomic_write_json
 
-    atomic_write_json(out / "eval.json", res)
-    plot_confusion(res["confusion"], names, out / "eval_confusion.png")
+    stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
+    atomic_write_json(out / f"{stem}.json", res)
+    plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
     print(f"top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
-          f"({res['count']} images)")
+          f"({res['count']} images{', flip TTA' if args.tta else ''})")
     for c, a in res["per_class"].items():
         print(f"  {c:<20} {100 * a:6.2f}%")
-    print(f"wrote {out / 'eval.json'} and {out / 'eval_confusion.png'}")
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}_confusion.png'}")
     return 0
 
 

@@ -51,9 +51,13 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Loss, top-1/top-5 and the confusion matrix over `split`. Under DDP each rank takes every
-    world_size-th image and the sums are all-reduced, so every rank returns the full result."""
+    world_size-th image and the sums are all-reduced, so every rank returns the full result.
+
+    `tta=True` averages the class probabilities of each image and its mirror image (horizontal flip),
+    which is only meaningful for a model trained with flips. It costs a second forward pass."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -69,8 +73,12 @@ def evaluate(
         x = prepare(split.images[b], model, device)
         y = split.labels[b].to(device)
         with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()
+            if tta:
+                # Mean of the two views' probabilities, kept as log-probabilities so the loss below
+                # is the cross-entropy of the averaged prediction.
+                probs = (logits.softmax(-1) + model(x.flip(-1)).float().softmax(-1)) / 2
+                logits = probs.clamp_min(1e-12).log()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         k = min(5, num_classes)
         sums[1] += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
@@ -91,6 +99,7 @@ def evaluate(
         "per_class": per_class,
         "confusion": cm.cpu().tolist(),
         "count": int(n),
+        "tta": "flip" if tta else None,
     }
 
 

@@ -94,9 +94,9 @@ def inference_throughput(model: nn.Module | Callable, x: torch.Tensor, device: t
 
 def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str = "fp32",
                      **timing: Any) -> float:
-    """Images per second of a full training step: forward, backward, AdamW."""
+    """Images per second of a full training step: forward, backward, AdamW (fused, as the trainer's)."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     y = torch.randint(0, model.num_classes, (x.shape[0],), device=device)
 
     def step():

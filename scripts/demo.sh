@@ -15,7 +15,8 @@ fi
 # 9-18% faster than one process with two threads (docs/results.md), so the demo uses them where there
 # is no GPU and there are at least 2 cores. Each process takes 64 images: the global batch stays 128.
 CORES=$(nproc 2>/dev/null || echo 1)
-if [ "$CORES" -ge 2 ] && ! $PY -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then
+no_gpu() { $PY -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; }
+if [ "$CORES" -ge 2 ] && no_gpu; then
   export OMP_NUM_THREADS=$((CORES / 2))
   TRAIN=(.venv/bin/torchrun --standalone --nproc_per_node 2 -m mixerlab train)
   BATCH=(--batch-size 64)

@@ -127,6 +127,24 @@ def test_flip_tta_averages_the_two_views(tmp_path, capsys):
     assert (ev / "eval_tta_confusion.png").is_file()
 
 
+def test_optimizer_uses_the_fused_kernel_where_torch_has_one():
+    from mixerlab.train import build_optimizer, make_fused
+
+    model = torch.nn.Linear(4, 2)
+    opt = build_optimizer(TrainConfig(), model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["fused"] is True  # torch >= 2.4 on CPU
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]  # weight decayed, bias not
+
+    class NoFused(torch.optim.SGD):  # what torch < 2.4 does on a CPU
+        def __init__(self, params, fused=None, **kw):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be on supported devices")
+            super().__init__(params, **kw)
+
+    fallback = make_fused(NoFused, model.parameters(), lr=0.1)
+    assert len(fallback.param_groups[0]["params"]) == 2  # the generator was not spent by the first try
+
+
 def test_resume_is_bitwise_exact(tmp_path):
     root = make_image_folder(tmp_path / "shapes")
     cfg = tiny_cfg(tmp_path, root, drop_path=0.1, mixup=0.2, ema=0.9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -142,7 +143,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         summary = train(resolve(args.recipe or "scratch", args.config, **flags))
     if summary.get("stopped"):
-        print(f"stopped; resume with: mixerlab train --resume {summary['run_dir']}")
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+            print(f"stopped; resume with --resume {summary['run_dir']} (the same command, torchrun or not)")
         return 130
     if summary:
         print(json.dumps(summary, indent=2))

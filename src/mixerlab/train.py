@@ -94,15 +94,24 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernels update every tensor in one pass instead of a dozen small ops per tensor,
-    # which on a small model is a visible share of the step (CPU and CUDA both have them).
-    params = decay + no_decay
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
+        return make_fused(torch.optim.AdamW, groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+        return make_fused(torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
+def make_fused(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """`cls` with its fused kernel where this torch has one for the parameters' device, else plain.
+
+    The fused kernels update every tensor in one pass instead of a dozen small ops per tensor, a
+    visible share of a small model's step. CUDA has them since torch 2.0, CPUs since 2.4; older
+    versions refuse fused=True at construction, and then the plain loop is used."""
+    params = list(params)  # a generator would be spent by the first attempt
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **kwargs)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int, warmup_steps: int):
@@ -365,8 +374,9 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
                     train_time += time.perf_counter() - t_epoch
                     if is_main:
                         save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, step + 1))
-                        log.warning("stopped at epoch %d, step %d; resume with: mixerlab train --resume %s",
-                                    epoch + 1, step + 1, run_dir)
+                        how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
+                        log.warning("stopped at epoch %d, step %d; resume with: %s --resume %s",
+                                    epoch + 1, step + 1, how, run_dir)
                     stopped = True
                     break
             bar.close()

@@ -144,7 +144,9 @@ def _run_train(args: argparse.Namespace) -> int:
         summary = train(resolve(args.recipe or "scratch", args.config, **flags))
     if summary.get("stopped"):
         if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
-            print(f"stopped; resume with --resume {summary['run_dir']} (the same command, torchrun or not)")
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
+            print(f"stopped; resume with: {how} --resume {summary['run_dir']}")
         return 130
     if summary:
         print(json.dumps(summary, indent=2))

@@ -152,7 +152,8 @@ def test_resume_is_bitwise_exact(tmp_path):
     train(straight)
     # 1 epoch and a bit, a kill, then the resume finishes the 2nd epoch.
     steps = 36 // 8
-    assert train(cfg, stop_after_steps=steps + 2)["stopped"]
+    stopped = train(cfg, stop_after_steps=steps + 2)
+    assert stopped["stopped"] and stopped["resume_command"] == f"mixerlab train --resume {tmp_path / 'run'}"
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
     train(resume=str(tmp_path / "run"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -143,10 +142,8 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         summary = train(resolve(args.recipe or "scratch", args.config, **flags))
     if summary.get("stopped"):
-        if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
-            print(f"stopped; resume with: {how} --resume {summary['run_dir']}")
+        if summary["resume_command"]:
+            print(f"stopped; resume with: {summary['resume_command']}")
         return 130
     if summary:
         print(json.dumps(summary, indent=2))

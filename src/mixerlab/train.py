@@ -374,9 +374,8 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
                     train_time += time.perf_counter() - t_epoch
                     if is_main:
                         save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, step + 1))
-                        how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
-                        log.warning("stopped at epoch %d, step %d; resume with: %s --resume %s",
-                                    epoch + 1, step + 1, how, run_dir)
+                        log.warning("stopped at epoch %d, step %d; resume with: %s",
+                                    epoch + 1, step + 1, resume_command(run_dir, world))
                     stopped = True
                     break
             bar.close()
@@ -419,8 +418,16 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
         summary = finish_run(run_dir, raw_model, data, metrics, best_epoch, train_time, world, precision)
     dist_utils.cleanup(ctx)
     if stopped:
-        return {"stopped": True, "run_dir": str(run_dir)}
+        # Only rank 0 carries the command, so a launcher prints it once, not once per process.
+        return {"stopped": True, "run_dir": str(run_dir),
+                "resume_command": resume_command(run_dir, world) if is_main else None}
     return summary
+
+
+def resume_command(run_dir: Path, world: int) -> str:
+    """The command that continues a stopped run: the same launcher, with --resume."""
+    how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
+    return f"{how} --resume {run_dir}"
 
 
 def finish_run(run_dir: Path, model: nn.Module, data: Dataset, metrics: list[dict[str, Any]], best_epoch: int,

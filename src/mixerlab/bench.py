@@ -96,7 +96,7 @@ def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, pr
                      **timing: Any) -> float:
     """Images per second of a full training step: forward, backward, AdamW (fused, as the trainer's)."""
     model.train()
-    from .train import make_fused
+    from .optim import make_fused
 
     opt = make_fused(torch.optim.AdamW, model.parameters(), lr=1e-4)
     y = torch.randint(0, model.num_classes, (x.shape[0],), device=device)

@@ -30,7 +30,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128  # per process; the global batch is batch_size * world_size * accum_steps
     accum_steps: int = 1
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: str = "adamw"  # adamw | sgd | muon (Muon for the hidden matrices, AdamW for the rest)
     lr: float = 2e-3  # for the global batch
     min_lr: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)

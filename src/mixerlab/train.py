@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed as dist_utils
+from . import optim
 from .allocator import tune_cpu_allocator
 from .augment import BatchAugment, mixup, soft_targets
 from .config import MixerConfig
@@ -88,30 +89,8 @@ def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """No weight decay on biases, norms and embeddings (1-D tensors), as timm and big_vision do."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return make_fused(torch.optim.AdamW, groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.optimizer == "sgd":
-        return make_fused(torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
-
-
-def make_fused(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """`cls` with its fused kernel where this torch has one for the parameters' device, else plain.
-
-    The fused kernels update every tensor in one pass instead of a dozen small ops per tensor, a
-    visible share of a small model's step. CUDA has them since torch 2.0, CPUs since 2.4; older
-    versions refuse fused=True at construction, and then the plain loop is used."""
-    params = list(params)  # a generator would be spent by the first attempt
-    try:
-        return cls(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return cls(params, **kwargs)
+    return optim.build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 betas=tuple(cfg.betas), momentum=cfg.momentum)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int, warmup_steps: int):

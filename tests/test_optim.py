@@ -1,0 +1,74 @@
+"""The optimisers: which tensors Muon gets, that its update is orthogonalised, and that the hybrid
+behaves as one optimiser for the scheduler and checkpoints."""
+
+import pytest
+import torch
+
+from mixerlab import create_model
+from mixerlab.optim import MuonAdamW, build_optimizer
+
+TINY = dict(embed_dim=32, tokens_mlp_dim=16, channels_mlp_dim=64, depth=2, patch_size=4)
+
+
+def test_muon_gets_the_hidden_matrices_and_adamw_the_rest():
+    model = create_model("mixer_nano", **TINY)
+    opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
+    assert isinstance(opt, MuonAdamW)
+    name = {id(p): n for n, p in model.named_parameters()}
+    muon = {name[id(p)] for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {name[id(p)] for g in opt.adamw.param_groups for p in g["params"]}
+    assert muon == {f"blocks.{i}.{m}.{fc}.weight" for i in range(2) for m in ("mlp_tokens", "mlp_channels")
+                    for fc in ("fc1", "fc2")}
+    assert muon.isdisjoint(adamw) and muon | adamw == set(name.values())
+    assert {"stem.proj.weight", "head.weight", "norm.weight", "blocks.0.norm1.bias"} <= adamw
+    decayed = {name[id(p)] for g in opt.adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {"stem.proj.weight", "head.weight"}  # biases and norms are not decayed
+
+
+def test_one_scheduler_steers_both_halves():
+    model = create_model("mixer_nano", **TINY)
+    opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    opt.step()
+    sched.step()
+    lrs = [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups]
+    assert lrs == pytest.approx([5e-4] * len(lrs))
+
+
+def test_the_muon_update_is_orthogonalised():
+    # A Gaussian 256x128 gradient has singular values spread about 6:1. Muon's first step moves the
+    # weight by (almost) an orthogonal matrix: its singular values come out within Newton-Schulz's
+    # 0.5-1.5 band, scaled by lr * 0.2 * sqrt(256) (the match_rms_adamw rule).
+    torch.manual_seed(0)
+    body = torch.nn.Sequential()
+    body.add_module("fc", torch.nn.Linear(128, 256, bias=False))
+    w0 = body.fc.weight.detach().clone()
+    body.fc.weight.grad = torch.randn(256, 128)
+    assert torch.linalg.svdvals(body.fc.weight.grad).aminmax().max / torch.linalg.svdvals(
+        body.fc.weight.grad).aminmax().min > 4
+    opt = build_optimizer(body, "muon", lr=1e-2, weight_decay=0.0)
+    opt.step()
+    s = torch.linalg.svdvals(w0 - body.fc.weight.detach()) / (1e-2 * 0.2 * 16)
+    assert s.min() > 0.4 and s.max() < 1.6
+
+
+def test_state_dict_round_trip_and_a_clear_error_for_another_optimizer():
+    model = create_model("mixer_nano", **TINY)
+    opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    opt.step()
+    again = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
+    again.load_state_dict(opt.state_dict())
+    p = model.blocks[0].mlp_channels.fc1.weight
+    assert torch.equal(again.muon.state[p]["momentum_buffer"], opt.muon.state[p]["momentum_buffer"])
+    again.param_groups[0]["lr"] = 0.25  # what a scheduler does after a resume
+    assert again.muon.param_groups[0]["lr"] == 0.25
+    adamw = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+    with pytest.raises(ValueError, match="another --optimizer"):
+        again.load_state_dict(adamw.state_dict())
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match="'lamb'"):
+        build_optimizer(torch.nn.Linear(2, 2), "lamb", lr=1e-3, weight_decay=0.0)

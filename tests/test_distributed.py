@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import mixerlab
+from mixerlab.optim import build_optimizer
 from mixerlab.recipes import TrainConfig
 from mixerlab.train import train_step
 from tests.test_train import TINY, make_image_folder
@@ -32,37 +34,47 @@ def _model():
     return mixerlab.create_model("mixer_nano", init="timm", **TINY)
 
 
-def _worker(rank: int, world: int, port: int, out: str):
+def _optimizer(model, name):
+    return build_optimizer(model, name, lr=1e-3, weight_decay=0.05)
+
+
+def _worker(rank: int, world: int, port: int, out: str, name: str = "adamw"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = _model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = _optimizer(model, name)
     x, y = _batch()
     # the DistributedSampler's split: rank r takes every world-th sample
-    train_step(ddp, [(x[rank::world], y[rank::world])], opt, _cfg(), 10, torch.device("cpu"), "fp32")
+    for _ in range(2):
+        train_step(ddp, [(x[rank::world], y[rank::world])], opt, _cfg(), 10, torch.device("cpu"), "fp32")
     if rank == 0:
         torch.save({k: v.clone() for k, v in model.state_dict().items()}, out)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_two_processes_at_half_batch_equal_one_process(tmp_path):
+@pytest.mark.parametrize("name", ["adamw", "muon"])  # muon: each process orthogonalises its share
+def test_two_processes_at_half_batch_equal_one_process(tmp_path, name):
     out = str(tmp_path / "ddp.pt")
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, out, name), nprocs=2, join=True)
     model = _model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = _optimizer(model, name)
     x, y = _batch()
-    train_step(model, [(x, y)], opt, _cfg(), 10, torch.device("cpu"), "fp32")
+    for _ in range(2):
+        train_step(model, [(x, y)], opt, _cfg(), 10, torch.device("cpu"), "fp32")
     ddp = torch.load(out, weights_only=True)
+    changed = 0
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-5, msg=k)
+        changed += not torch.equal(v, _model().state_dict()[k])
+    assert changed > 20  # every block's matrices moved, not only the head
 
 
 def _torchrun(args, env=None):
@@ -72,11 +84,13 @@ def _torchrun(args, env=None):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: its sharded state is gathered to save
+def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path, optimizer):
     root = make_image_folder(tmp_path / "shapes")
     run = tmp_path / "run"
     args = ["--data", str(root), "--model", "mixer_nano", "--batch-size", "4", "--epochs", "1", "--precision",
-            "fp32", "--quiet", "--out", str(run)] + sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
+            "fp32", "--quiet", "--optimizer", optimizer, "--out", str(run)]
+    args += sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
     r = _torchrun(args)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
@@ -88,3 +102,6 @@ def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in rows] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    if optimizer == "muon":  # the checkpoint holds the momentum of every matrix, not one rank's share
+        state = torch.load(run / "last.pt", weights_only=True)["optimizer"]["muon"]["state"]
+        assert len(state) == 4 * TINY["depth"]

@@ -158,6 +158,13 @@ def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     return total, grad_norm
 
 
+def consolidate(optimizer: torch.optim.Optimizer) -> None:
+    """A sharded optimiser (Muon under DDP) gathers its state on rank 0 before a checkpoint; all ranks
+    must call this, rank 0 then writes."""
+    if hasattr(optimizer, "consolidate_state_dict"):
+        optimizer.consolidate_state_dict(to=0)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -351,6 +358,7 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
                 want_stop = stop.set or (stop_after_steps is not None and steps_done >= stop_after_steps)
                 if dist_utils.any_rank(want_stop, device):
                     train_time += time.perf_counter() - t_epoch
+                    consolidate(optimizer)
                     if is_main:
                         save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, step + 1))
                         log.warning("stopped at epoch %d, step %d; resume with: %s",
@@ -379,6 +387,7 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
             improved = ev["top1"] > best_top1
             if improved:
                 best_top1, best_epoch = ev["top1"], epoch + 1
+            consolidate(optimizer)
             if is_main:
                 log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.2f%%, top-5 %.2f%%, %.0f img/s",
                          epoch + 1, train_loss, ev["loss"], 100 * ev["top1"], 100 * ev["top5"], m["images_per_s"])

@@ -53,7 +53,8 @@ class MuonAdamW(torch.optim.Optimizer):
             # broadcasts the result (ZeRO-1), which halves Muon's cost on two processes.
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
-            self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=torch.optim.Muon, **kw)
+            self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=torch.optim.Muon,
+                                                     parameters_as_bucket_view=True, **kw)
         else:
             self.muon = torch.optim.Muon(muon_params, **kw)
         self.adamw = make_fused(torch.optim.AdamW, adamw_groups, lr=lr, betas=betas)

@@ -72,3 +72,11 @@ def test_state_dict_round_trip_and_a_clear_error_for_another_optimizer():
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="'lamb'"):
         build_optimizer(torch.nn.Linear(2, 2), "lamb", lr=1e-3, weight_decay=0.0)
+
+
+def test_a_torch_without_muon_gets_a_clear_error(monkeypatch):
+    from mixerlab.errors import MixerlabError
+
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(MixerlabError, match="needs torch >= 2.9.*--optimizer adamw"):
+        build_optimizer(create_model("mixer_nano", **TINY), "muon", lr=1e-3, weight_decay=0.0)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .errors import MixerlabError
+
 
 def make_fused(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """`cls` with its fused kernel where this torch has one for the parameters' device, else plain.
@@ -45,7 +47,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, muon_params: list[torch.Tensor], adamw_groups: list[dict[str, Any]], lr: float,
                  weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.95):
         if not hasattr(torch.optim, "Muon"):
-            raise RuntimeError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch "
+            raise MixerlabError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch "
                                f"{torch.__version__}. Use --optimizer adamw.")
         kw = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
         if _world_size() > 1:

@@ -52,11 +52,12 @@ class MuonAdamW(torch.optim.Optimizer):
         kw = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
         if _world_size() > 1:
             # Every process would orthogonalise every matrix; under DDP each one takes its share and
-            # broadcasts the result (ZeRO-1), which halves Muon's cost on two processes.
+            # broadcasts the result (ZeRO-1), one bucket per process: the demo's 2-process step went
+            # from 1,100-1,171 to 1,192-1,229 img/s.
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=torch.optim.Muon,
-                                                     parameters_as_bucket_view=True, **kw)
+                                                parameters_as_bucket_view=True, **kw)
         else:
             self.muon = torch.optim.Muon(muon_params, **kw)
         self.adamw = make_fused(torch.optim.AdamW, adamw_groups, lr=lr, betas=betas)

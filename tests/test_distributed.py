@@ -106,3 +106,8 @@ def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path, optimiz
     if optimizer == "muon":  # the checkpoint holds the momentum of every matrix, not one rank's share
         state = torch.load(run / "last.pt", weights_only=True)["optimizer"]["muon"]["state"]
         assert len(state) == 4 * TINY["depth"]
+        # ... so one process, with torch's unsharded Muon, can take the run over
+        r = subprocess.run([sys.executable, "-m", "mixerlab", "train", "--resume", str(run), "--epochs", "3",
+                            "--quiet"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads((run / "summary.json").read_text())["epochs"] == 3

@@ -80,3 +80,12 @@ def test_a_torch_without_muon_gets_a_clear_error(monkeypatch):
     monkeypatch.delattr(torch.optim, "Muon")
     with pytest.raises(MixerlabError, match="needs torch >= 2.9.*--optimizer adamw"):
         build_optimizer(create_model("mixer_nano", **TINY), "muon", lr=1e-3, weight_decay=0.0)
+
+
+def test_the_cli_offers_the_optimizers_and_refuses_others_before_loading_data(capsys):
+    from mixerlab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--optimizer", "lamb"])
+    assert e.value.code == 2
+    assert "invalid choice: 'lamb'" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .recipes import RECIPES, TrainConfig
+    from .recipes import CHOICES, RECIPES, TrainConfig
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="preset: scratch (paper pre-training), finetune (paper fine-tuning), demo")
@@ -120,7 +120,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         elif isinstance(default, (int, float)):
             p.add_argument(flag, type=type(default), default=None, help=f"default {default}")
         else:
-            p.add_argument(flag, default=None, help=f"default {default}")
+            p.add_argument(flag, default=None, choices=CHOICES.get(f.name), help=f"default {default}")
 
 
 def _run_train(args: argparse.Namespace) -> int:

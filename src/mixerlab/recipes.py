@@ -73,6 +73,15 @@ class TrainConfig:
         return cls(**d)
 
 
+# The string options that take one of a few values: the CLI offers them as choices, so a typo fails
+# before any data is loaded.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adamw", "sgd", "muon"),
+    "schedule": ("cosine", "linear"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
 # The paper's recipes (Section 3 and Appendix B), scaled to what a 2-core CPU can run. Every value is
 # also a flag and a config-file key.
 RECIPES: dict[str, dict[str, Any]] = {

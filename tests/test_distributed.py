@@ -72,8 +72,10 @@ def test_two_processes_at_half_batch_equal_one_process(tmp_path, name):
     ddp = torch.load(out, weights_only=True)
     changed = 0
     for k, v in model.state_dict().items():
-        # Muon orthogonalises in bf16, which turns the all-reduce's last-bit differences into ~1e-6
-        torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-6 if name == "adamw" else 1e-5, msg=k)
+        # The all-reduce sums in another order than one big batch; by the second step AdamW's
+        # normalisation (and Muon's bf16 Newton-Schulz) turn those last bits into up to ~2e-6, against
+        # a step of lr = 1e-3.
+        torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
         changed += not torch.equal(v, _model().state_dict()[k])
     assert changed > 20  # every block's matrices moved, not only the head
 

@@ -93,7 +93,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # (docs/results.md). A Mixer with 4x4 patches (49 tokens) and D_C = 2C; exact GELU, because the
     # tanh form costs twice as much in bf16 on CPUs and this model is trained from scratch; random
     # crops slow short runs, so only flips are kept. Muon for the hidden matrices instead of the
-    # paper's AdamW: 10 epochs reach 92.1% against 90.7%. Its step costs 10-18% more here, hence 8 epochs.
+    # paper's AdamW: 10 epochs reach 92.1% against 90.7%. Its step costs 10-22% more here, hence 8 epochs.
     "demo": dict(model="mixer_nano", model_args=dict(patch_size=4, depth=6, channels_mlp_dim=256, act="gelu"),
                  optimizer="muon", lr=1e-2, weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
                  clip_grad=1.0, label_smoothing=0.1, crop_pad=0, flip=True, epochs=8, batch_size=128),

@@ -52,13 +52,14 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def _active() -> bool:
+def active() -> bool:
+    """Whether this process is one of several in an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any: all ranks stop at the same step."""
-    if not _active():
+    if not active():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -66,7 +67,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def mean_across(value: float, device: torch.device) -> float:
-    if not _active():
+    if not active():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)

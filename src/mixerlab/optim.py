@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import distributed as dist_utils
 from .errors import MixerlabError
 
 
@@ -50,7 +51,7 @@ class MuonAdamW(torch.optim.Optimizer):
             raise MixerlabError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch "
                                f"{torch.__version__}. Use --optimizer adamw.")
         kw = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
-        if _world_size() > 1:
+        if dist_utils.active():
             # Every process would orthogonalise every matrix; under DDP each one takes its share and
             # broadcasts the result (ZeRO-1), one bucket per process: the demo's 2-process step went
             # from 1,105-1,171 to 1,192-1,229 img/s.
@@ -91,11 +92,6 @@ class MuonAdamW(torch.optim.Optimizer):
         # Loading replaces the inner optimisers' group dicts: share the new ones, or the scheduler
         # would set the lr of dicts nobody reads.
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
-
-
-def _world_size() -> int:
-    d = torch.distributed
-    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,

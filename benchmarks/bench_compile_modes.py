@@ -16,7 +16,7 @@ import time
 import torch
 
 import mixerlab
-from mixerlab.bench import gemm_peak, inference_throughput, machine_info
+from mixerlab.perf.bench import gemm_peak, inference_throughput, machine_info
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 import mixerlab
-from mixerlab.bench import gemm_peak, inference_throughput, machine_info, train_throughput
+from mixerlab.perf.bench import gemm_peak, inference_throughput, machine_info, train_throughput
 
 
 def timm_way_mixer(cfg: mixerlab.MixerConfig) -> nn.Module:

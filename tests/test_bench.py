@@ -6,9 +6,9 @@ import json
 import torch
 
 import mixerlab
-from mixerlab.bench import loglog_slope
 from mixerlab.cli import main as cli
-from mixerlab.inference import optimize_for_inference
+from mixerlab.perf.bench import loglog_slope
+from mixerlab.perf.inference import optimize_for_inference
 
 
 def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mixerlab
-from mixerlab.mixer import mixer_reference_forward
+from mixerlab.models.mixer import mixer_reference_forward
 
 
 def small(**kw):

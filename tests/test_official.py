@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mixerlab
-from mixerlab.official import convert_pre_linen, read_npz
+from mixerlab.weights.official import convert_pre_linen, read_npz
 from tests.conftest import OFFICIAL_CASES, load_case
 
 
@@ -53,7 +53,7 @@ def test_pre_linen_names_are_renumbered(official_dir):
     assert sorted(convert_pre_linen(old)) == sorted(arrays)
     npz, x, ref = load_case(official_dir, "tiny_p4")
     cfg = mixerlab.from_pretrained(npz).config
-    from mixerlab.official import official_to_state_dict
+    from mixerlab.weights.official import official_to_state_dict
 
     model = mixerlab.MlpMixer(cfg).eval()
     model.load_state_dict(official_to_state_dict(old, cfg))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mixerlab import create_model
-from mixerlab.optim import MuonAdamW, build_optimizer
+from mixerlab.training.optim import MuonAdamW, build_optimizer
 
 TINY = dict(embed_dim=32, tokens_mlp_dim=16, channels_mlp_dim=64, depth=2, patch_size=4)
 

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 import mixerlab
-from mixerlab import data as data_mod
 from mixerlab.cli import main as cli
-from mixerlab.recipes import TrainConfig, resolve
-from mixerlab.train import TrainingError, train
+from mixerlab.data import datasets as data_mod
+from mixerlab.training.loop import TrainingError, train
+from mixerlab.training.recipes import TrainConfig, resolve
 
 TINY = {"embed_dim": 16, "tokens_mlp_dim": 8, "channels_mlp_dim": 32, "depth": 2}
 
@@ -99,7 +99,7 @@ def test_eval_and_predict_cli(tmp_path, capsys):
 
 
 def test_flip_tta_averages_the_two_views(tmp_path, capsys):
-    from mixerlab.data import Split
+    from mixerlab.data.datasets import Split
     from mixerlab.evaluate import evaluate, prepare
 
     torch.manual_seed(0)
@@ -128,8 +128,8 @@ def test_flip_tta_averages_the_two_views(tmp_path, capsys):
 
 
 def test_optimizer_uses_the_fused_kernel_where_torch_has_one():
-    from mixerlab.optim import make_fused
-    from mixerlab.train import build_optimizer
+    from mixerlab.training.loop import build_optimizer
+    from mixerlab.training.optim import make_fused
 
     model = torch.nn.Linear(4, 2)
     opt = build_optimizer(TrainConfig(), model)
@@ -179,7 +179,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import mixerlab.train as tr
+    import mixerlab.training.loop as tr
 
     root = make_image_folder(tmp_path / "shapes")
     real, calls = tr.train_step, {"n": 0}
@@ -197,7 +197,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
 
 def test_gradient_accumulation_equals_the_big_batch():
-    from mixerlab.train import train_step
+    from mixerlab.training.loop import train_step
 
     torch.manual_seed(0)
     cfg = TrainConfig(label_smoothing=0.1, mixup=0.0, clip_grad=0.0, lr=0.1, weight_decay=0.0, optimizer="sgd")

@@ -9,7 +9,7 @@ import torch
 
 import mixerlab
 from mixerlab.cli import main as cli
-from mixerlab.official import read_npz
+from mixerlab.weights.official import read_npz
 
 timm = pytest.importorskip("timm")
 

@@ -1,16 +1,16 @@
 """mixerlab: MLP-Mixer (Tolstikhin et al., 2021) in PyTorch."""
 
-from .allocator import tune_cpu_allocator
-from .config import MixerConfig, ViTConfig, config_from_dict
 from .errors import CheckpointError, DataError, MixerlabError
-from .flops import count_flops, count_macs, count_params
-from .hub import from_pretrained, save_pretrained, save_timm
-from .inference import optimize_for_inference
-from .mixer import MlpMixer
-from .official import save_official
-from .registry import create_model, get_config, list_models, model_from_config
-from .resize import resize_token_mixing
-from .vit import VisionTransformer
+from .models.config import MixerConfig, ViTConfig, config_from_dict
+from .models.flops import count_flops, count_macs, count_params
+from .models.mixer import MlpMixer
+from .models.registry import create_model, get_config, list_models, model_from_config
+from .models.vit import VisionTransformer
+from .perf.allocator import tune_cpu_allocator
+from .perf.inference import optimize_for_inference
+from .weights.hub import from_pretrained, save_pretrained, save_timm
+from .weights.official import save_official
+from .weights.resize import resize_token_mixing
 
 __version__ = "0.1.0"
 

@@ -9,8 +9,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .allocator import tune_cpu_allocator
 from .errors import MixerlabError
+from .perf.allocator import tune_cpu_allocator
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -46,7 +46,7 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"{r['name']:<16} {r['params']:>14,} {r['gmacs']:>8.2f} {size:>9} "
                   f"{r['patch_size']:>5} {r['num_patches']:>6}")
         return 0
-    from .registry import list_models as names
+    from .models.registry import list_models as names
 
     model = create_model(args.name) if args.name in names() else from_pretrained(args.name)
     info = describe(args.name, model)
@@ -96,7 +96,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .recipes import CHOICES, RECIPES, TrainConfig
+    from .training.recipes import CHOICES, RECIPES, TrainConfig
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="preset: scratch (paper pre-training), finetune (paper fine-tuning), demo")
@@ -126,8 +126,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .recipes import TrainConfig, resolve
-    from .train import train
+    from .training.loop import train
+    from .training.recipes import TrainConfig, resolve
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in ("recipe", "model_args")}
@@ -169,10 +169,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import from_pretrained
-    from .data import load_dataset
-    from .distributed import pick_device
+    from .data.datasets import load_dataset
     from .evaluate import evaluate
-    from .report import plot_confusion
+    from .training.distributed import pick_device
+    from .training.report import plot_confusion
 
     model = from_pretrained(args.src)
     size = tuple(model.config.img_size)
@@ -211,8 +211,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from . import from_pretrained
-    from .distributed import pick_device
     from .evaluate import list_image_files, predict_files
+    from .training.distributed import pick_device
 
     model = from_pretrained(args.src)
     files = list_image_files(args.images)
@@ -246,8 +246,8 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import run_default
-    from .distributed import pick_device
+    from .perf.bench import run_default
+    from .training.distributed import pick_device
 
     models = [(m, "mixerlab") for m in args.models] if args.models else None
     res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import normalize
-from .data import IMAGE_EXTS, Split
+from .data.datasets import IMAGE_EXTS, Split
+from .data.transforms import normalize
 from .errors import DataError
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import check_known_keys
+from ..models.config import check_known_keys
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import MixerlabError
 from . import distributed as dist_utils
-from .errors import MixerlabError
 
 
 def make_fused(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:

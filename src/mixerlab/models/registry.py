@@ -99,7 +99,7 @@ def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> 
     folder or run); the named config then only sets defaults that the checkpoint does not fix.
     """
     if pretrained is not None:
-        from .hub import from_pretrained
+        from ..weights.hub import from_pretrained
 
         return from_pretrained(pretrained, **overrides)
     return model_from_config(get_config(name, **overrides))

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..models.flops import count_flops
 from .allocator import allocator_tuned
-from .flops import count_flops
 
 
 def machine_info() -> dict[str, Any]:
@@ -96,7 +96,7 @@ def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, pr
                      **timing: Any) -> float:
     """Images per second of a full training step: forward, backward, AdamW (fused, as the trainer's)."""
     model.train()
-    from .optim import make_fused
+    from ..training.optim import make_fused
 
     opt = make_fused(torch.optim.AdamW, model.parameters(), lr=1e-4)
     y = torch.randint(0, model.num_classes, (x.shape[0],), device=device)
@@ -132,7 +132,7 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
                 scale_models: tuple[str, ...] = ("mixer_b16_224", "vit_b16_224"), precisions=("fp32", "bf16"),
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Mixer against the ViT of its size class at 224 px, then the resolution scan."""
-    from .registry import create_model
+    from ..models.registry import create_model
 
     dev = torch.device(device)
     cores = torch.get_num_threads()

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import to_2tuple
+from ..models.layers import to_2tuple
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def resize_token_mixing(
 ) -> nn.Module:
     """A copy of `model` that takes `img_size` images. `method`: "tiles", "strided", "interpolate",
     or "auto" (tiles when the new grid is an integer multiple of the old, interpolate otherwise)."""
-    from .mixer import MlpMixer
+    from ..models.mixer import MlpMixer
 
     if not isinstance(model, MlpMixer):
         raise TypeError(f"resize_token_mixing takes an MlpMixer, got {type(model).__name__}")

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .hub import HubMixin
+from ..weights.hub import HubMixin
 
 
 class ClassifierBase(nn.Module, HubMixin):

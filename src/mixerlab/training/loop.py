@@ -20,16 +20,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.datasets import Dataset, load_dataset
+from ..data.transforms import BatchAugment, mixup, soft_targets
+from ..errors import MixerlabError
+from ..evaluate import autocast, evaluate, prepare
+from ..io_utils import atomic_write, atomic_write_json
+from ..models.config import MixerConfig
+from ..models.flops import count_params
+from ..perf.allocator import tune_cpu_allocator
 from . import distributed as dist_utils
 from . import optim
-from .allocator import tune_cpu_allocator
-from .augment import BatchAugment, mixup, soft_targets
-from .config import MixerConfig
-from .data import Dataset, load_dataset
-from .errors import MixerlabError
-from .evaluate import autocast, evaluate, prepare
-from .flops import count_params
-from .io_utils import atomic_write, atomic_write_json
 from .recipes import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 def auto_model_config(data: Dataset, overrides: dict[str, Any]) -> MixerConfig:
     """A small Mixer for small images, a paper-style S/16 for large ones; the patch divides the image."""
-    from .registry import get_config
+    from ..models.registry import get_config
 
     h, w = data.img_size
     base = "mixer_nano" if max(h, w) <= 64 else "mixer_s16_224"
@@ -70,8 +70,8 @@ def auto_model_config(data: Dataset, overrides: dict[str, Any]) -> MixerConfig:
 
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
-    from .hub import from_pretrained
-    from .registry import get_config, model_from_config
+    from ..models.registry import get_config, model_from_config
+    from ..weights.hub import from_pretrained
 
     overrides = dict(cfg.model_args)
     if cfg.drop_path:

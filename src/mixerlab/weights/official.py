@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MixerConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..models.config import MixerConfig
 
 _BLOCK_RE = re.compile(r"^MixerBlock_(\d+)/")
 _MODULE_NUM_RE = re.compile(r"^(.*)_\d+$")
@@ -160,7 +160,7 @@ def official_to_state_dict(
     arrays: Mapping[str, np.ndarray], cfg: MixerConfig, src: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
     """Map official arrays onto our names, checking every key and shape against `cfg`."""
-    from .mixer import MlpMixer
+    from ..models.mixer import MlpMixer
 
     arrays = convert_pre_linen(arrays)
     with torch.device("meta"):
@@ -190,7 +190,7 @@ def state_dict_to_official(sd: Mapping[str, torch.Tensor], cfg: MixerConfig) -> 
 
 def save_official(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Write an official-format .npz (uncompressed np.savez, as `vit_jax` does), atomically."""
-    from .io_utils import atomic_write_bytes
+    from ..io_utils import atomic_write_bytes
 
     arrays = state_dict_to_official(model.state_dict(), model.config)
     buf = io.BytesIO()

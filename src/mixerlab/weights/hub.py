@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import MixerConfig, ViTConfig, config_from_dict
-from .errors import CheckpointError
-from .io_utils import atomic_write, atomic_write_json
-from .layers import to_2tuple
+from ..errors import CheckpointError
+from ..io_utils import atomic_write, atomic_write_json
+from ..models.config import MixerConfig, ViTConfig, config_from_dict
+from ..models.layers import to_2tuple
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def from_pretrained(
     differs; `img_size` adapts the token mixing to a new resolution (`resize_token_mixing`);
     `overrides` set training-time options that the weights do not fix (drop_path_rate, act, ...).
     """
-    from .registry import model_from_config
+    from ..models.registry import model_from_config
     from .resize import resize_token_mixing
 
     size = to_2tuple(img_size) if img_size is not None else None

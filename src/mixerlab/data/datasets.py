@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .io_utils import atomic_write_bytes
+from ..errors import DataError
+from ..io_utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

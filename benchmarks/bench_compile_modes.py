@@ -16,7 +16,8 @@ import time
 import torch
 
 import mixerlab
-from mixerlab.perf.bench import gemm_peak, inference_throughput, machine_info
+from mixerlab.perf.bench import gemm_peak, inference_throughput
+from mixerlab.perf.timing import machine_info
 
 
 def main() -> None:

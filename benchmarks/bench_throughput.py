@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 import mixerlab
-from mixerlab.perf.bench import gemm_peak, inference_throughput, machine_info, train_throughput
+from mixerlab.perf.bench import gemm_peak, inference_throughput, train_throughput
+from mixerlab.perf.timing import machine_info
 
 
 def timm_way_mixer(cfg: mixerlab.MixerConfig) -> nn.Module:

@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import mixerlab
-from mixerlab.training.loop import train_step
+from mixerlab.training.config import TrainConfig
 from mixerlab.training.optim import build_optimizer
-from mixerlab.training.recipes import TrainConfig
+from mixerlab.training.step import train_step
 from tests.test_train import TINY, make_image_folder
 
 B = 8

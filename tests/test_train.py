@@ -17,8 +17,10 @@ from PIL import Image
 import mixerlab
 from mixerlab.cli import main as cli
 from mixerlab.data import datasets as data_mod
-from mixerlab.training.loop import TrainingError, train
-from mixerlab.training.recipes import TrainConfig, resolve
+from mixerlab.errors import TrainingError
+from mixerlab.training.config import TrainConfig
+from mixerlab.training.loop import train
+from mixerlab.training.recipes import resolve
 
 TINY = {"embed_dim": 16, "tokens_mlp_dim": 8, "channels_mlp_dim": 32, "depth": 2}
 
@@ -100,7 +102,8 @@ def test_eval_and_predict_cli(tmp_path, capsys):
 
 def test_flip_tta_averages_the_two_views(tmp_path, capsys):
     from mixerlab.data.datasets import Split
-    from mixerlab.evaluate import evaluate, prepare
+    from mixerlab.data.transforms import prepare
+    from mixerlab.evaluate import evaluate
 
     torch.manual_seed(0)
     model = mixerlab.create_model("mixer_micro", num_classes=4, img_size=16, in_chans=1, patch_size=4, **TINY)
@@ -128,8 +131,8 @@ def test_flip_tta_averages_the_two_views(tmp_path, capsys):
 
 
 def test_optimizer_uses_the_fused_kernel_where_torch_has_one():
-    from mixerlab.training.loop import build_optimizer
     from mixerlab.training.optim import make_fused
+    from mixerlab.training.setup import build_optimizer
 
     model = torch.nn.Linear(4, 2)
     opt = build_optimizer(TrainConfig(), model)
@@ -197,7 +200,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
 
 def test_gradient_accumulation_equals_the_big_batch():
-    from mixerlab.training.loop import train_step
+    from mixerlab.training.step import train_step
 
     torch.manual_seed(0)
     cfg = TrainConfig(label_smoothing=0.1, mixup=0.0, clip_grad=0.0, lr=0.1, weight_decay=0.0, optimizer="sgd")

@@ -1,16 +1,23 @@
-"""mixerlab: MLP-Mixer (Tolstikhin et al., 2021) in PyTorch."""
+"""mixerlab: MLP-Mixer (Tolstikhin et al., 2021) in PyTorch.
 
-from .errors import CheckpointError, DataError, MixerlabError
+The public API. The package's rooms, in the order imports run (each imports only from those after it):
+cli -> tasks (training, evaluate, predict, perf.bench) -> weights, data, perf (runtime, inference) ->
+models -> models.layers; `errors` and `io_utils` serve all of them. Nothing inside imports this file.
+"""
+
+from .errors import CheckpointError, DataError, MixerlabError, TrainingError
 from .models.config import MixerConfig, ViTConfig, config_from_dict
 from .models.flops import count_flops, count_macs, count_params
 from .models.mixer import MlpMixer
-from .models.registry import create_model, get_config, list_models, model_from_config
+from .models.registry import get_config, list_models, model_from_config
+from .models.serialization import save_pretrained
 from .models.vit import VisionTransformer
 from .perf.allocator import tune_cpu_allocator
 from .perf.inference import optimize_for_inference
-from .weights.hub import from_pretrained, save_pretrained, save_timm
+from .weights.load import create_model, from_pretrained
 from .weights.official import save_official
 from .weights.resize import resize_token_mixing
+from .weights.timm import save_timm
 
 __version__ = "0.1.0"
 
@@ -20,6 +27,7 @@ __all__ = [
     "MixerConfig",
     "MixerlabError",
     "MlpMixer",
+    "TrainingError",
     "ViTConfig",
     "VisionTransformer",
     "config_from_dict",

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import MixerlabError
-from .perf.allocator import tune_cpu_allocator
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -20,7 +19,10 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from . import count_macs, count_params, create_model, from_pretrained, list_models
+    from .models.flops import count_macs, count_params
+    from .models.registry import create_model as create_random_model
+    from .models.registry import list_models
+    from .weights.load import from_pretrained
 
     def describe(name: str, model) -> dict:
         cfg = model.config
@@ -36,7 +38,7 @@ def _run_info(args: argparse.Namespace) -> int:
         rows = []
         for n in list_models():
             with torch.device("meta"):  # no memory, no init time: shapes are all we need
-                rows.append(describe(n, create_model(n)))
+                rows.append(describe(n, create_random_model(n)))
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -46,9 +48,7 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"{r['name']:<16} {r['params']:>14,} {r['gmacs']:>8.2f} {size:>9} "
                   f"{r['patch_size']:>5} {r['num_patches']:>6}")
         return 0
-    from .models.registry import list_models as names
-
-    model = create_model(args.name) if args.name in names() else from_pretrained(args.name)
+    model = create_random_model(args.name) if args.name in list_models() else from_pretrained(args.name)
     info = describe(args.name, model)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -68,7 +68,10 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from . import from_pretrained, save_official, save_pretrained, save_timm
+    from .models.serialization import save_pretrained
+    from .weights.load import from_pretrained
+    from .weights.official import save_official
+    from .weights.timm import save_timm
 
     size = tuple(args.img_size) if args.img_size else None
     model = from_pretrained(args.src, img_size=size[0] if size and len(size) == 1 else size)
@@ -96,7 +99,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .training.recipes import CHOICES, RECIPES, TrainConfig
+    from .training.config import CHOICES, TrainConfig
+    from .training.recipes import RECIPES
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="preset: scratch (paper pre-training), finetune (paper fine-tuning), demo")
@@ -126,8 +130,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .training.config import TrainConfig
     from .training.loop import train
-    from .training.recipes import TrainConfig, resolve
+    from .training.recipes import resolve
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in ("recipe", "model_args")}
@@ -168,11 +173,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import from_pretrained
     from .data.datasets import load_dataset
     from .evaluate import evaluate
-    from .training.distributed import pick_device
+    from .io_utils import atomic_write_json
+    from .perf.runtime import pick_device
     from .training.report import plot_confusion
+    from .weights.load import from_pretrained
 
     model = from_pretrained(args.src)
     size = tuple(model.config.img_size)
@@ -188,8 +194,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     names = getattr(model, "class_names", None) or data.classes
     res["per_class"] = dict(zip(names, res["per_class"]))
     res.update({"source": str(args.src), "data": args.data, "split": args.split})
-    from .io_utils import atomic_write_json
-
     stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
     atomic_write_json(out / f"{stem}.json", res)
     plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
@@ -210,9 +214,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from . import from_pretrained
-    from .evaluate import list_image_files, predict_files
-    from .training.distributed import pick_device
+    from .perf.runtime import pick_device
+    from .predict import list_image_files, predict_files
+    from .weights.load import from_pretrained
 
     model = from_pretrained(args.src)
     files = list_image_files(args.images)
@@ -247,7 +251,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .perf.bench import run_default
-    from .training.distributed import pick_device
+    from .perf.runtime import pick_device
 
     models = [(m, "mixerlab") for m in args.models] if args.models else None
     res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
@@ -290,7 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    tune_cpu_allocator()
     try:
         return int(args._run(args) or 0)
     except (MixerlabError, ValueError, FileNotFoundError) as e:

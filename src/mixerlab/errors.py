@@ -11,3 +11,7 @@ class CheckpointError(MixerlabError, ValueError):
 
 class DataError(MixerlabError, ValueError):
     """A dataset that cannot be found or read."""
+
+
+class TrainingError(MixerlabError):
+    """A run that cannot go on (a NaN loss, a bad resume folder)."""

@@ -1,4 +1,5 @@
-"""Augmentation on whole batches of uint8 tensors, on the training device.
+"""The input path: uint8 batches to normalised model input (`prepare`), and augmentation on whole
+batches of uint8 tensors, on the training device.
 
 Per-sample randomness (crop offsets, flips, RandAugment ops drawn per chunk, mixup pairs) comes from
 torch's global generator, which the trainer seeds from (seed, step, rank): a resumed run draws exactly
@@ -8,8 +9,11 @@ what the uninterrupted run drew.
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from ..errors import DataError
 
 # Inputs are scaled to [-1, 1], as the official code and timm's Mixer weights expect.
 MEAN, STD = 0.5, 0.5
@@ -18,6 +22,23 @@ MEAN, STD = 0.5, 0.5
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float in [-1, 1]."""
     return x.to(dtype).div_(255.0).sub_(MEAN).div_(STD)
+
+
+def prepare(x: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
+    """uint8 batch -> normalised float on the device, with grey images repeated for RGB models."""
+    x = normalize(x.to(device, non_blocking=True))
+    want = model.config.in_chans
+    if x.shape[1] != want:
+        if x.shape[1] == 1:
+            x = x.expand(-1, want, -1, -1)
+        elif want == 1 and x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise DataError(f"the data has {x.shape[1]} channels, the model takes {want}")
+    size = tuple(model.config.img_size)
+    if tuple(x.shape[-2:]) != size:  # e.g. 28 px data into a 224 px pre-trained model
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:

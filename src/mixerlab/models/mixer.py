@@ -94,6 +94,8 @@ def check_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, int], hint:
 
 
 class MlpMixer(ClassifierBase):
+    config_class = MixerConfig
+
     def __init__(self, cfg: MixerConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = (cfg or MixerConfig()).replace(**overrides) if overrides else (cfg or MixerConfig())

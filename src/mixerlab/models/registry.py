@@ -92,14 +92,7 @@ def model_from_config(cfg: MixerConfig | ViTConfig | dict[str, Any]) -> nn.Modul
     return _MODEL_CLASSES[cfg.arch](cfg)
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model, e.g. `create_model("mixer_b16_224", num_classes=10, img_size=384)`.
-
-    `pretrained` is any source `from_pretrained` accepts (official .npz, timm state dict, a mixerlab
-    folder or run); the named config then only sets defaults that the checkpoint does not fix.
-    """
-    if pretrained is not None:
-        from ..weights.hub import from_pretrained
-
-        return from_pretrained(pretrained, **overrides)
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model with random weights, e.g. `create_model("mixer_b16_224", num_classes=10)`.
+    `mixerlab.create_model` adds `pretrained=` on top of this (mixerlab.weights)."""
     return model_from_config(get_config(name, **overrides))

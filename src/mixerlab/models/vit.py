@@ -58,6 +58,8 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(ClassifierBase):
+    config_class = ViTConfig
+
     def __init__(self, cfg: ViTConfig | None = None, **overrides: Any):
         super().__init__()
         cfg = (cfg or ViTConfig()).replace(**overrides) if overrides else (cfg or ViTConfig())

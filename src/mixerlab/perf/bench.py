@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,46 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..models.flops import count_flops
-from .allocator import allocator_tuned
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "malloc_tuned": allocator_tuned()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, iters: int = 3, repeats: int = 3,
-              min_time: float = 0.0) -> float:
-    """Median seconds per call over `repeats` timed loops of `iters` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = 0
-        while n < iters or time.perf_counter() - t < min_time:
-            fn()
-            n += 1
-        _sync(device)
-        times.append((time.perf_counter() - t) / n)
-    return statistics.median(times)
+from ..models.registry import create_model
+from ..training.optim import make_fused
+from .timing import machine_info, time_call
 
 
 def gemm_peak(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -96,8 +56,6 @@ def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, pr
                      **timing: Any) -> float:
     """Images per second of a full training step: forward, backward, AdamW (fused, as the trainer's)."""
     model.train()
-    from ..training.optim import make_fused
-
     opt = make_fused(torch.optim.AdamW, model.parameters(), lr=1e-4)
     y = torch.randint(0, model.num_classes, (x.shape[0],), device=device)
 
@@ -132,8 +90,6 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
                 scale_models: tuple[str, ...] = ("mixer_b16_224", "vit_b16_224"), precisions=("fp32", "bf16"),
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Mixer against the ViT of its size class at 224 px, then the resolution scan."""
-    from ..models.registry import create_model
-
     dev = torch.device(device)
     cores = torch.get_num_threads()
     timing = dict(warmup=1, iters=1, repeats=2) if quick else dict(warmup=2, iters=2, repeats=3)

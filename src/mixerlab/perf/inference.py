@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .allocator import tune_cpu_allocator
-from .bench import time_call
+from .timing import time_call
 
 log = logging.getLogger(__name__)
 

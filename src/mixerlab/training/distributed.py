@@ -12,21 +12,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..perf.runtime import pick_device
+
 
 @dataclass
 class DistContext:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
     initialised_here: bool = False
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto': the GPU when CUDA is available, else the CPU; any other name as torch spells it."""
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def setup(device: str = "auto") -> DistContext:
@@ -43,7 +37,7 @@ def setup(device: str = "auto") -> DistContext:
         initialised_here = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistContext(rank, world, local_rank, dev, initialised_here)
+    return DistContext(rank, world, dev, initialised_here)
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..io_utils import atomic_write_bytes
 from ..models.config import MixerConfig
 
 _BLOCK_RE = re.compile(r"^MixerBlock_(\d+)/")
@@ -157,14 +158,12 @@ def _to_numpy(t: torch.Tensor, how: str) -> np.ndarray:
 
 
 def official_to_state_dict(
-    arrays: Mapping[str, np.ndarray], cfg: MixerConfig, src: str = "checkpoint"
+    arrays: Mapping[str, np.ndarray], cfg: MixerConfig, expected: Mapping[str, torch.Size],
+    src: str = "checkpoint",
 ) -> dict[str, torch.Tensor]:
-    """Map official arrays onto our names, checking every key and shape against `cfg`."""
-    from ..models.mixer import MlpMixer
-
+    """Map official arrays onto our names, checking every key against `cfg` and every shape against
+    `expected` (our name -> shape, e.g. a model's state dict), so errors name the official key."""
     arrays = convert_pre_linen(arrays)
-    with torch.device("meta"):
-        expected = MlpMixer(cfg).state_dict()
     rows = _mapping(cfg)
     missing = [o for o, _, _ in rows if o not in arrays]
     if missing:
@@ -175,8 +174,8 @@ def official_to_state_dict(
     sd = {}
     for o, t, how in rows:
         value = _to_torch(arrays[o], how)
-        if value.shape != expected[t].shape:
-            want = list(_to_numpy(torch.empty(expected[t].shape), how).shape)
+        if value.shape != expected[t]:
+            want = list(_to_numpy(torch.empty(expected[t]), how).shape)
             raise CheckpointError(
                 f"{src}: key {o!r} has shape {list(arrays[o].shape)}, expected {want}"
             )
@@ -190,8 +189,6 @@ def state_dict_to_official(sd: Mapping[str, torch.Tensor], cfg: MixerConfig) -> 
 
 def save_official(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Write an official-format .npz (uncompressed np.savez, as `vit_jax` does), atomically."""
-    from ..io_utils import atomic_write_bytes
-
     arrays = state_dict_to_official(model.state_dict(), model.config)
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.layers import to_2tuple
+from ..models.mixer import MlpMixer
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ def resize_token_mixing(
 ) -> nn.Module:
     """A copy of `model` that takes `img_size` images. `method`: "tiles", "strided", "interpolate",
     or "auto" (tiles when the new grid is an integer multiple of the old, interpolate otherwise)."""
-    from ..models.mixer import MlpMixer
-
     if not isinstance(model, MlpMixer):
         raise TypeError(f"resize_token_mixing takes an MlpMixer, got {type(model).__name__}")
     cfg = model.config

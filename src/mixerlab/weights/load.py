@@ -1,0 +1,252 @@
+"""Loading weights in every format a user brings, detected from the content.
+
+- official JAX/Flax `.npz` (vit_jax, big_vision), see `official.py`;
+- timm state dicts (`.pth`, `.pt`, `.bin` through `torch.load(weights_only=True)`, or `.safetensors`),
+  see `timm.py`;
+- our own format: a folder with `model.safetensors` and `config.json` (`models/serialization.py`),
+  also found in the Hugging Face cache as "user/repo", offline;
+- `mixerlab train` runs and their checkpoints.
+
+Nothing is ever unpickled beyond plain tensors and containers, and no half-loaded model is returned:
+the state dict is checked whole against the model before anything is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError
+from ..models import serialization
+from ..models.config import MixerConfig, ViTConfig, config_from_dict
+from ..models.layers import to_2tuple
+from ..models.registry import create_model as create_random_model
+from ..models.registry import get_config, model_from_config
+from . import official, timm
+from .resize import resize_token_mixing
+
+log = logging.getLogger(__name__)
+
+TRAIN_CKPT_NAMES = ("best.pt", "last.pt")
+
+
+# --------------------------------------------------------------------------------------- reading
+def detect_format(path: Path) -> str:
+    """'mixerlab-dir', 'timm-dir', 'run-dir', 'npz', 'torch' or 'safetensors', from the bytes, not the name."""
+    if path.is_dir():
+        if serialization.is_saved_model_dir(path):
+            return "mixerlab-dir"
+        if (path / serialization.CONFIG_NAME).is_file() and (path / serialization.WEIGHTS_NAME).is_file():
+            return "timm-dir"
+        if any((path / n).is_file() for n in TRAIN_CKPT_NAMES):
+            return "run-dir"
+        raise CheckpointError(
+            f"{path}: folder holds neither {serialization.WEIGHTS_NAME} + {serialization.CONFIG_NAME} nor a "
+            f"training checkpoint ({' or '.join(TRAIN_CKPT_NAMES)})"
+        )
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes)")
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: corrupt zip archive (truncated?): {e}") from None
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        raise CheckpointError(f"{path}: a zip archive that is neither an .npz nor a torch checkpoint")
+    if head[0] == 0x80:  # a pickle protocol marker: torch's legacy (pre-zip) format
+        return "torch"
+    header_len = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and header_len < 100_000_000:
+        return "safetensors"
+    raise CheckpointError(f"{path}: unrecognised checkpoint format (not npz, torch or safetensors)")
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain "
+            f"containers, and mixerlab never unpickles code ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: cannot read torch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def _unwrap_state_dict(obj: Any, src: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A plain state dict from what torch.load returned, and our config if the file carries one."""
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj.get("config"), dict):
+        # a mixerlab training checkpoint ("classes" in those written before 0.2)
+        names = obj.get("class_names", obj.get("classes"))
+        return obj["model"], {**obj["config"], "class_names": names}
+    for key in ("state_dict", "model", "model_ema", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{src}: not a state dict (expected a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj, None
+
+
+def _expected_shapes(cfg: MixerConfig | ViTConfig) -> dict[str, torch.Size]:
+    with torch.device("meta"):  # shapes only: no memory, no init
+        return {k: v.shape for k, v in model_from_config(cfg).state_dict().items()}
+
+
+def load_state_and_config(
+    src: str | os.PathLike, img_size: tuple[int, int] | None = None
+) -> tuple[dict[str, torch.Tensor], MixerConfig | ViTConfig, str, list[str] | None]:
+    """Read any supported source into (state dict in our names, config, format name, class names)."""
+    path = resolve_source(src)
+    fmt = detect_format(path)
+    if fmt == "timm-dir":
+        path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
+    if fmt == "run-dir":
+        path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
+        fmt = "torch"
+    if fmt == "npz":
+        arrays = official.convert_pre_linen(official.read_npz(path))
+        cfg = official.infer_config(arrays, str(path), img_size)
+        return official.official_to_state_dict(arrays, cfg, _expected_shapes(cfg), str(path)), cfg, "official", None
+    config = None
+    if fmt == "mixerlab-dir":
+        sd, config = serialization.read_saved_model(path)
+    elif fmt == "safetensors":
+        sd, meta = serialization.read_safetensors(path)
+        if serialization.CONFIG_METADATA_KEY in meta:
+            config = json.loads(meta[serialization.CONFIG_METADATA_KEY])
+    else:
+        sd, config = _unwrap_state_dict(_torch_load(path), str(path))
+    if config is None:
+        return sd, timm.config_from_state_dict(sd, str(path)), "timm", None
+    config = dict(config)
+    names = config.pop("class_names", None)
+    try:
+        return sd, config_from_dict(config), "mixerlab", names
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from None
+
+
+def resolve_source(src: str | os.PathLike) -> Path:
+    """A local path, or "user/repo" found in the Hugging Face cache (never downloaded here)."""
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    s = str(src)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(s, local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") != "0")
+            return Path(local)
+        except Exception as e:  # huggingface_hub raises several types for "not cached"
+            raise CheckpointError(
+                f"{s}: no such file or folder, and not in the Hugging Face cache ({type(e).__name__}); "
+                f"download it first (huggingface-cli download {s}) or set HF_HUB_OFFLINE=0"
+            ) from None
+    raise CheckpointError(f"{src}: no such file or folder")
+
+
+# -------------------------------------------------------------------------------------- building
+def load_model(src: str | os.PathLike, img_size: tuple[int, int] | None = None, **overrides: Any) -> nn.Module:
+    """The checkpoint's model as it was saved; `overrides` set options the weights do not fix."""
+    sd, cfg, fmt, class_names = load_state_and_config(src, img_size)
+    try:
+        cfg = cfg.replace(**overrides)
+    except TypeError as e:
+        raise ValueError(f"bad override for {cfg.arch}: {e}") from None
+    with torch.device("meta"):  # skip the random init: every tensor is about to be replaced
+        model = model_from_config(cfg)
+    serialization.load_into(model, sd, str(src))
+    model.class_names = class_names
+    log.info("loaded %s (%s format): %s", src, fmt, cfg.arch)
+    return model
+
+
+def adapt(model: nn.Module, src: str | os.PathLike, num_classes: int | None,
+          size: tuple[int, int] | None, resize_method: str) -> nn.Module:
+    """A new head (zero-initialised) and a new resolution, where they differ from the checkpoint's."""
+    if num_classes is not None and num_classes != model.num_classes:
+        log.warning(
+            "%s: replacing the %d-class head with a zero-initialised %d-class head",
+            src, model.num_classes, num_classes,
+        )
+        model.reset_classifier(num_classes)
+        model.class_names = None
+    if size is not None and size != tuple(model.config.img_size):
+        if not isinstance(model.config, MixerConfig):
+            raise ValueError("img_size changes are supported for MLP-Mixer checkpoints only")
+        model = resize_token_mixing(model, size, method=resize_method)
+    return model
+
+
+def from_pretrained(
+    src: str | os.PathLike,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    resize_method: str = "auto",
+    **overrides: Any,
+) -> nn.Module:
+    """Load any supported checkpoint as a model.
+
+    `num_classes` replaces the head (zero-initialised, as the official fine-tuning does) when it
+    differs; `img_size` adapts the token mixing to a new resolution (`resize_token_mixing`);
+    `overrides` set training-time options that the weights do not fix (drop_path_rate, act, ...).
+    """
+    size = to_2tuple(img_size) if img_size is not None else None
+    model = load_model(src, size, **overrides)
+    return adapt(model, src, num_classes, size, resize_method)
+
+
+# The fields that fix a registered architecture; size, classes and training options may differ.
+_STRUCTURE = ("patch_size", "in_chans", "embed_dim", "depth", "tokens_mlp_dim", "channels_mlp_dim", "num_heads",
+              "mlp_dim")
+
+
+def check_fits_name(name: str, cfg: MixerConfig | ViTConfig, src: str, overrides: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose architecture is not the registered `name` (with `overrides`)."""
+    structural = {k: v for k, v in overrides.items() if k in _STRUCTURE}
+    want = get_config(name, **structural)
+    if want.arch != cfg.arch:
+        raise CheckpointError(f"{src} holds a {cfg.arch} model, but {name!r} is a {want.arch}; "
+                              f"use mixerlab.from_pretrained({str(src)!r}) to load it as it is")
+    diff = [f"{k}={getattr(cfg, k)} (the name: {getattr(want, k)})"
+            for k in _STRUCTURE if hasattr(want, k) and getattr(want, k) != getattr(cfg, k)]
+    if diff:
+        raise CheckpointError(f"{src} does not fit {name!r}: {', '.join(diff)}; use "
+                              f"mixerlab.from_pretrained({str(src)!r}) to load it as it is")
+
+
+def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
+                 img_size: int | tuple[int, int] | None = None, resize_method: str = "auto",
+                 **overrides: Any) -> nn.Module:
+    """A registered model, e.g. `create_model("mixer_b16_224", num_classes=10, img_size=384)`.
+
+    `pretrained` is any source `from_pretrained` accepts; its architecture must be the named one
+    (checked before the head or the resolution is changed)."""
+    if pretrained is None:
+        sized = {} if img_size is None else {"img_size": img_size}
+        counted = {} if num_classes is None else {"num_classes": num_classes}
+        return create_random_model(name, **sized, **counted, **overrides)
+    size = to_2tuple(img_size) if img_size is not None else None
+    model = load_model(pretrained, size, **{k: v for k, v in overrides.items() if k not in _STRUCTURE})
+    check_fits_name(name, model.config, str(pretrained), overrides)
+    return adapt(model, pretrained, num_classes, size, resize_method)

@@ -12,7 +12,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
 fi
 
 # On a CPU, two processes of one thread each (PyTorch DDP through torchrun) train this small model
-# 9-18% faster than one process with two threads (docs/results.md), so the demo uses them where there
+# faster than one process with two threads (measured in docs/results.md), so the demo uses them where there
 # is no GPU and there are at least 2 cores. Each process takes 64 images: the global batch stays 128.
 CORES=$(nproc 2>/dev/null || echo 1)
 no_gpu() { $PY -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; }

@@ -50,7 +50,7 @@ def test_optimize_fp32_compiled_matches_eager():
     fast = optimize_for_inference(model, torch.float32, compile=True, example=x)
     assert fast.compile_time_s >= 0
     # The compiled forward was timed against eager and one of them kept, saying which.
-    assert sum("torch.compile" in m for m in fast.means) == 1
+    assert sum("torch.compile" in m for m in fast.optimizations) == 1
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

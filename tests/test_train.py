@@ -74,7 +74,8 @@ def test_image_folder_run_writes_everything(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
-                            "data_time_share", "elapsed_s"}
+                            "data_time_share", "elapsed_s", "grad_norm", "grad_norm_max"}
+    assert all(r["grad_norm_max"] >= r["grad_norm"] > 0 for r in rows)
     s = json.loads((run / "summary.json").read_text())
     assert s == summary and 0 <= s["val_top1"] <= 1 and s["world_size"] == 1 and s["dataset"] == "shapes"
     assert s["val_top1"] > 0.9  # the classes are trivially separable
@@ -152,7 +153,7 @@ def test_optimizer_uses_the_fused_kernel_where_torch_has_one():
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_is_bitwise_exact(tmp_path, optimizer):
     root = make_image_folder(tmp_path / "shapes")
-    cfg = tiny_cfg(tmp_path, root, drop_path=0.1, mixup=0.2, ema=0.9, optimizer=optimizer)
+    cfg = tiny_cfg(tmp_path, root, drop_path_rate=0.1, mixup=0.2, ema=0.9, optimizer=optimizer)
     straight = TrainConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "straight")})
     train(straight)
     # 1 epoch and a bit, a kill, then the resume finishes the 2nd epoch.

@@ -99,7 +99,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .training.config import CHOICES, TrainConfig
+    from .training.config import CHOICES, RENAMED, TrainConfig
     from .training.recipes import RECIPES
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
@@ -112,19 +112,20 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("recipe", "model_args"):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        # the old names of renamed options stay as aliases
+        flags = ["--" + n.replace("_", "-") for n in [f.name] + [o for o, r in RENAMED.items() if r == f.name]]
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is None:  # optional fields: the type is the non-None member of the union
             kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), str)
-            p.add_argument(flag, type=kind, default=None)
+            p.add_argument(*flags, dest=f.name, type=kind, default=None)
         elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
-            p.add_argument(flag, type=float, nargs=len(default), default=None)
+            p.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=None)
         elif isinstance(default, (int, float)):
-            p.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+            p.add_argument(*flags, dest=f.name, type=type(default), default=None, help=f"default {default}")
         else:
-            p.add_argument(flag, default=None, choices=CHOICES.get(f.name), help=f"default {default}")
+            p.add_argument(*flags, dest=f.name, default=None, choices=CHOICES.get(f.name), help=f"default {default}")
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -3,13 +3,13 @@
 By default glibc serves every allocation above a threshold (128 KiB, adapting up to 32 MiB) with a
 fresh `mmap`, returns it with `munmap` on free, and trims free memory above 128 KiB off the heap top.
 A training step allocates and frees the same multi-megabyte activations hundreds of times, so every
-step pays page faults to zero the same pages again: on the 2-core VM of docs/benchmarks.md the demo
-model's bf16 training step ran at about 1,000 img/s that way against 1,400 with the pages reused.
+step pays page faults to zero the same pages again (docs/benchmarks.md measures the cost).
 Raising both thresholds lets malloc reuse them, which is what tcmalloc and jemalloc do and why
 PyTorch's CPU tuning guides preload them; this gets the same effect without a preload. The price: the
 process keeps its peak memory until it exits.
 
-`tune_cpu_allocator()` is called by the CLI, the trainer and `optimize_for_inference`; set MIXERLAB_MALLOC=default
+`tune_cpu_allocator()` is called by `perf.runtime.pick_device` for a CPU (so by every task) and by
+`optimize_for_inference`; set MIXERLAB_MALLOC=default
 to leave malloc alone. It is a no-op where the C library is not glibc.
 """
 

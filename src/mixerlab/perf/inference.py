@@ -1,13 +1,13 @@
 """The fastest inference callable for a model on its device.
 
-Measured on a 2-core AVX512-BF16 CPU (docs/benchmarks.md):
+Why each step (the measurements are in docs/benchmarks.md):
 - bf16: casting the weights to bf16 once beats `torch.autocast`, which re-casts every weight on every
   call; LayerNorm and softmax keep fp32 accumulation inside the bf16 kernels.
 - torch.compile with Inductor's freezing folds the weights as constants, so oneDNN can pre-pack them
   and fuse bias and GELU into the GEMMs. It costs a compile (tens of seconds for B/16 on 2 cores); pass
   `compile=False` to skip it and keep the eager speed-ups.
-- The compiled and the eager forward are then timed on the example and the faster is kept: in bf16
-  the compiled one wins here (1.1-1.2x); in fp32 the two are within noise of each other (0.95-1.04x).
+- The compiled and the eager forward are then timed on the example and the faster is kept: which one
+  wins depends on the CPU and the precision (in fp32, oneDNN's compiled GEMMs can lose to MKL's).
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
 """
@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 class InferenceModel(nn.Module):
     """Wraps the optimised model: takes float32 input in any dtype, returns float32 logits."""
 
-    def __init__(self, model: nn.Module, fn: Any, dtype: torch.dtype, means: list[str], compile_time_s: float):
+    def __init__(self, model: nn.Module, fn: Any, dtype: torch.dtype, optimizations: list[str],
+                 compile_time_s: float):
         super().__init__()
         self.model = model
         self._fn = fn
         self.dtype = dtype
-        self.means = means
+        self.optimizations = optimizations  # what was applied, in words
         self.compile_time_s = compile_time_s
         self.config = model.config
 
@@ -55,20 +56,20 @@ def optimize_for_inference(
 
     `compile=True` compiles with torch.compile and freezing on `example` (default: one random image;
     give your batch size, the compile is specialised to it), times the compiled and the eager forward
-    on it and keeps the faster; `.means` says which and by how much, `.compile_time_s` what the compile
+    on it and keeps the faster; `.optimizations` says which and by how much, `.compile_time_s` what the compile
     cost. Falls back to eager with a warning if Inductor is unusable here. The original model is left
     untouched.
     """
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     m = copy.deepcopy(model).eval().requires_grad_(False)
-    means = ["eval", "no-grad inference mode"]
+    optimizations = ["eval", "no-grad inference mode"]
     device = next(m.parameters()).device
     if device.type == "cpu" and tune_cpu_allocator():
-        means.append("malloc keeps freed pages")
+        optimizations.append("malloc keeps freed pages")
     if dtype == torch.bfloat16:
         m = m.to(torch.bfloat16)
-        means.append("weights cast to bf16 once")
+        optimizations.append("weights cast to bf16 once")
     fn: Any = m
     compile_time = 0.0
     if compile:
@@ -94,7 +95,7 @@ def optimize_for_inference(
                                                  repeats=3) for f in (compiled, m))
             if t_compiled < t_eager:
                 fn = compiled
-                means.append(f"torch.compile (Inductor, freezing): {t_eager / t_compiled:.2f}x eager")
+                optimizations.append(f"torch.compile (Inductor, freezing): {t_eager / t_compiled:.2f}x eager")
             else:
-                means.append(f"eager: torch.compile measured {t_eager / t_compiled:.2f}x eager, not used")
-    return InferenceModel(m, fn, dtype, means, compile_time)
+                optimizations.append(f"eager: torch.compile measured {t_eager / t_compiled:.2f}x eager, not used")
+    return InferenceModel(m, fn, dtype, optimizations, compile_time)

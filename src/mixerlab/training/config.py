@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..models.config import check_known_keys
+
+# Old option names, still read: the same names as the model config's now.
+RENAMED = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
 
 
 @dataclass
@@ -41,8 +45,8 @@ class TrainConfig:
     randaug_m: int = 9
     crop_pad: int = 2
     flip: bool = True
-    drop_path: float = 0.0
-    dropout: float = 0.0
+    drop_path_rate: float = 0.0  # the model's stochastic depth at the last layer
+    drop_rate: float = 0.0  # the model's dropout before the head
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 turns it off
     # mechanics
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -61,8 +65,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        check_known_keys(cls, d, "training config")
         d = dict(d)
+        for old, new in RENAMED.items():  # config files and runs written before 0.2
+            if old in d:
+                warnings.warn(f"training option {old!r} is now {new!r}", DeprecationWarning, stacklevel=2)
+                d.setdefault(new, d.pop(old))
+        check_known_keys(cls, d, "training config")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)

@@ -60,6 +60,8 @@ class EpochStats:
     data_seconds: float
     steps: int
     mean_loss: float
+    mean_grad_norm: float  # before clipping
+    max_grad_norm: float
 
 
 class Run:
@@ -145,7 +147,7 @@ class Run:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json", {
-            "model": self.model.config.to_dict(), "train": self.cfg.to_dict(), "classes": self.data.classes,
+            "model": self.model.config.to_dict(), "train": self.cfg.to_dict(), "class_names": self.data.classes,
             "precision": self.precision, "world_size": self.ctx.world_size, "global_batch": self.global_batch,
         })
         c = self.cfg
@@ -204,6 +206,7 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     order = torch.tensor(list(sampler))
     run.ddp.train()
     start, t_epoch, data_time, loss_sum = p.step_in_epoch, time.perf_counter(), 0.0, 0.0
+    grad_norms: list[float] = []
     show = run.is_main and not cfg.quiet
     bar = tqdm(range(start, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                dynamic_ncols=True, leave=True)
@@ -212,8 +215,8 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         t0 = time.perf_counter()
         batches = run.batches(order, step)
         data_time += time.perf_counter() - t0
-        loss, _ = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes, run.device, run.precision,
-                             run.scaler)
+        loss, grad_norm = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes, run.device,
+                                     run.precision, run.scaler)
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update_parameters(run.model)
@@ -222,6 +225,7 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
                 f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopping. The last good "
                 f"checkpoint is kept in {run.run_dir / 'last.pt'} (try a lower --lr or --precision fp32)")
         loss_sum += loss
+        grad_norms.append(grad_norm)
         done = step + 1 - start
         if show and step % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum / done:.4f}",
@@ -236,7 +240,8 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
             return None
     bar.close()
     steps = run.steps_per_epoch - start
-    return EpochStats(time.perf_counter() - t_epoch, data_time, steps, loss_sum / max(steps, 1))
+    return EpochStats(time.perf_counter() - t_epoch, data_time, steps, loss_sum / max(steps, 1),
+                      sum(grad_norms) / max(steps, 1), max(grad_norms, default=0.0))
 
 
 def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
@@ -248,6 +253,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
     m = {
         "epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
         "train_loss": dist_utils.mean_across(stats.mean_loss, run.device),
+        # DDP all-reduces the gradients before their norm is taken: the same on every rank
+        "grad_norm": stats.mean_grad_norm, "grad_norm_max": stats.max_grad_norm,
         "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
         "lr": run.scheduler.get_last_lr()[0], "images_per_s": stats.steps * run.global_batch / stats.seconds,
         "data_time_share": stats.data_seconds / stats.seconds, "elapsed_s": p.train_time_s,

@@ -53,8 +53,8 @@ class MuonAdamW(torch.optim.Optimizer):
         kw = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
         if dist_utils.active():
             # Every process would orthogonalise every matrix; under DDP each one takes its share and
-            # broadcasts the result (ZeRO-1), one bucket per process: the demo's 2-process step went
-            # from 1,105-1,171 to 1,192-1,229 img/s.
+            # broadcasts the result (ZeRO-1), one bucket per process, which measured faster than one
+            # broadcast per parameter (docs/results.md).
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=torch.optim.Muon,

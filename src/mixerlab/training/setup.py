@@ -31,10 +31,10 @@ def auto_model_config(data: Dataset, overrides: dict[str, Any]) -> MixerConfig:
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     overrides = dict(cfg.model_args)
-    if cfg.drop_path:
-        overrides["drop_path_rate"] = cfg.drop_path
-    if cfg.dropout:
-        overrides["drop_rate"] = cfg.dropout
+    if cfg.drop_path_rate:
+        overrides["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.drop_rate:
+        overrides["drop_rate"] = cfg.drop_rate
     if cfg.pretrained:
         size = cfg.img_size or None
         return from_pretrained(cfg.pretrained, num_classes=data.num_classes, img_size=size, **overrides)

@@ -242,3 +242,38 @@ def test_truncated_files(tmp_path, suffix):
 def test_missing_file():
     with pytest.raises(mixerlab.CheckpointError, match="no such file"):
         mixerlab.from_pretrained("/nonexistent/weights.npz")
+
+
+# --------------------------------------------------------------------------- create_model(pretrained=)
+def test_create_model_with_pretrained_checks_the_name(tmp_path):
+    vit_like = tmp_path / "vit.pth"
+    torch.save(mixerlab.create_model("vit_nano").state_dict(), vit_like)
+    with pytest.raises(mixerlab.CheckpointError, match=r"holds a vit model, but 'mixer_nano' is a mixer"):
+        mixerlab.create_model("mixer_nano", pretrained=vit_like)
+    nano = mixerlab.create_model("mixer_nano", num_classes=3)
+    nano.save_pretrained(tmp_path / "nano")
+    with pytest.raises(mixerlab.CheckpointError, match=r"does not fit 'mixer_micro': embed_dim=128 \(the name: 256\)"):
+        mixerlab.create_model("mixer_micro", pretrained=tmp_path / "nano")
+    # The name fits: the head and the resolution may still change, as with from_pretrained.
+    same = mixerlab.create_model("mixer_nano", pretrained=tmp_path / "nano", num_classes=7, img_size=56)
+    assert same.num_classes == 7 and same.config.img_size == (56, 56)
+    for k, v in nano.state_dict().items():
+        if k.startswith("stem"):
+            assert torch.equal(same.state_dict()[k], v)
+    # A named size with its structural overrides fits a checkpoint that was trained with them.
+    small = mixerlab.create_model("mixer_nano", depth=2)
+    small.save_pretrained(tmp_path / "d2")
+    assert mixerlab.create_model("mixer_nano", pretrained=tmp_path / "d2", depth=2).config.depth == 2
+
+
+def test_model_class_from_pretrained_reads_its_own_format_and_points_elsewhere(tmp_path):
+    model = tiny()
+    mixerlab.save_official(model, tmp_path / "m.npz")
+    with pytest.raises(mixerlab.CheckpointError, match=r"use mixerlab.from_pretrained\(.*m.npz'\)"):
+        mixerlab.MlpMixer.from_pretrained(tmp_path / "m.npz")
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(mixerlab.CheckpointError, match="holds no VisionTransformer"):
+        mixerlab.VisionTransformer.from_pretrained(tmp_path / "m")
+    back = mixerlab.MlpMixer.from_pretrained(tmp_path / "m", drop_path_rate=0.1)
+    assert back.config.drop_path_rate == 0.1
+    assert torch.equal(back.state_dict()["head.weight"], model.state_dict()["head.weight"])

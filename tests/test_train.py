@@ -292,9 +292,9 @@ def test_corrupt_images_are_named_and_skipped_or_fail_with_strict(tmp_path, capl
     (root / "train" / "circle" / "bad.png").write_bytes(b"\x89PNG garbage")
     with caplog.at_level("WARNING"):
         ds = data_mod.load_dataset(str(root))
-    assert "skipped 1 corrupt image(s)" in caplog.text and "bad.png" in caplog.text
+    assert "skipped 1 unusable image(s)" in caplog.text and "bad.png: not an image" in caplog.text
     assert len(ds.train) == 36
-    with pytest.raises(mixerlab.DataError, match="bad.png: corrupt or unreadable image"):
+    with pytest.raises(mixerlab.DataError, match="bad.png: not an image"):
         data_mod.load_dataset(str(root), strict=True)
 
 

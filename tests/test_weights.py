@@ -246,8 +246,8 @@ def test_missing_file():
 
 # --------------------------------------------------------------------------- create_model(pretrained=)
 def test_create_model_with_pretrained_checks_the_name(tmp_path):
-    vit_like = tmp_path / "vit.pth"
-    torch.save(mixerlab.create_model("vit_nano").state_dict(), vit_like)
+    vit_like = tmp_path / "vit"
+    mixerlab.create_model("vit_nano").save_pretrained(vit_like)
     with pytest.raises(mixerlab.CheckpointError, match=r"holds a vit model, but 'mixer_nano' is a mixer"):
         mixerlab.create_model("mixer_nano", pretrained=vit_like)
     nano = mixerlab.create_model("mixer_nano", num_classes=3)

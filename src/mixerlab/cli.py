@@ -12,6 +12,17 @@ from collections.abc import Callable, Sequence
 from .errors import MixerlabError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused with a message naming the value otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
+    return value
+
+
 # ------------------------------------------------------------------------------------------ info
 def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="a model name or checkpoint path; all models when omitted")
@@ -143,10 +154,11 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ValueError("--model-arg takes KEY=VALUE")
         flags["model_args"] = {k.replace("-", "_"): _parse_value(v) for k, v in pairs}
     if args.resume:
-        overrides = {k: v for k, v in flags.items() if v is not None and k in ("epochs", "quiet", "device")}
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        overrides.update({k: True for k in ("recipe", "config") if getattr(args, k)})  # refused by train()
         summary = train(resume=args.resume, resume_overrides=overrides)
     else:
-        summary = train(resolve(args.recipe or "scratch", args.config, **flags))
+        summary = train(resolve(args.recipe, args.config, **flags))
     if summary.get("stopped"):
         if summary["resume_command"]:
             print(f"stopped; resume with: {summary['resume_command']}")
@@ -162,10 +174,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset name or ImageFolder path")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
+    p.add_argument("--map-by-index", action="store_true",
+                   help="score class i of the data as class i of the model even when their names differ")
     p.add_argument("--tta", action="store_true",
                    help="also average each image with its mirror (flip test-time augmentation); the "
                         "results go to eval_tta.json beside eval.json")
@@ -175,7 +189,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data.datasets import load_dataset
-    from .evaluate import evaluate
+    from .evaluate import check_classes, evaluate
     from .io_utils import atomic_write_json
     from .perf.runtime import pick_device
     from .training.report import plot_confusion
@@ -184,8 +198,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     model = from_pretrained(args.src)
     size = tuple(model.config.img_size)
     data = load_dataset(args.data, args.data_dir, img_size=size)
-    if data.num_classes != model.num_classes:
-        raise ValueError(f"{args.src} has {model.num_classes} classes but {args.data} has {data.num_classes}")
+    check_classes(model, data.classes, args.src, args.data, args.map_by_index)
     device = pick_device(args.device)
     model.to(device)
     res = evaluate(model, getattr(data, args.split), data.num_classes, device, args.batch_size,
@@ -209,7 +222,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (at least 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto")
 

@@ -9,6 +9,10 @@ class CheckpointError(MixerlabError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class ConfigError(MixerlabError, ValueError):
+    """An option with a value of the wrong type or out of range, an unknown option, a bad config file."""
+
+
 class DataError(MixerlabError, ValueError):
     """A dataset that cannot be found or read."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -10,7 +11,24 @@ import torch.nn.functional as F
 
 from .data.datasets import Split
 from .data.transforms import prepare
+from .errors import DataError
 from .perf.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+
+def check_classes(model: nn.Module, data_classes: list[str], src: str, data: str, by_index: bool = False) -> None:
+    """Refuse to score a model on data whose classes are not the ones it was trained on: the same
+    count is not enough, the names must agree (or `by_index` says that class i is class i)."""
+    if len(data_classes) != model.num_classes:
+        raise DataError(f"{src} has {model.num_classes} classes but {data} has {len(data_classes)}")
+    names = getattr(model, "class_names", None)
+    if names is None:
+        log.warning("%s carries no class names: class i of %s is scored as the model's class i", src, data)
+    elif list(names) != list(data_classes) and not by_index:
+        raise DataError(f"{src} was trained on classes {list(names)}, but {data} has {list(data_classes)}; "
+                        f"scores would compare different things. Pass --map-by-index to score class i of the "
+                        f"data as class i of the model on purpose")
 
 
 @torch.no_grad()

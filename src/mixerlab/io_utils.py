@@ -3,12 +3,20 @@ the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import MixerlabError
+
+
+class DiskFullError(MixerlabError, OSError):
+    """The disk filled up while a file was written; the previous version of the file is kept."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -22,10 +30,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(e):
+            free = shutil.disk_usage(path.parent).free
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(f"no space left on the disk holding {path.parent} ({free / 2**20:.1f} MiB free) "
+                                f"while writing {path}; {kept}. Free some space and run again.") from None
         raise
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC or EDQUOT, also when a library wraps the OSError in its own exception."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .data.datasets import IMAGE_EXTS
+from .data.decode import DecodeError, read_image
 from .data.transforms import prepare
 from .errors import DataError
 
@@ -27,30 +28,32 @@ def list_image_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def top_classes(probs: torch.Tensor, k: int, names: list[str]) -> list[dict[str, Any]]:
+    """The k most probable classes of one probability vector, with names and indices."""
+    p, i = probs.topk(min(k, probs.numel()))
+    return [{"class": names[j] if j < len(names) else str(j), "index": j, "prob": round(float(q), 6)}
+            for q, j in zip(p.tolist(), i.tolist())]
+
+
 @torch.no_grad()
 def predict_files(model: nn.Module, files: list[Path], topk: int = 5, device: str = "cpu",
                   class_names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file; unreadable files get an "error"."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Top-k classes with probabilities for each image file. A file that cannot be used gets an
+    "error" naming the reason (decode.py), and the other files are still classified."""
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
     cfg = model.config
     model.eval().to(device)
     names = class_names or [str(i) for i in range(cfg.num_classes)]
     results = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert("L" if cfg.in_chans == 1 else "RGB").resize(
-                    (cfg.img_size[1], cfg.img_size[0]), Image.BILINEAR)
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            results.append({"file": str(f), "error": f"unreadable image: {e}"})
+            a = read_image(f, cfg.in_chans if cfg.in_chans in (1, 3) else None, tuple(cfg.img_size))
+        except DecodeError as e:
+            results.append({"file": str(f), "error": f"unreadable image: {str(e).removeprefix(f'{f}: ')}",
+                            "reason": e.reason})
             continue
-        x = t.view(cfg.img_size[0], cfg.img_size[1], -1).permute(2, 0, 1).unsqueeze(0)
+        x = torch.from_numpy(a).unsqueeze(0)
         probs = model(prepare(x, model, torch.device(device))).float().softmax(-1)[0]
-        p, i = probs.topk(min(topk, probs.numel()))
-        results.append({"file": str(f), "top": [
-            {"class": names[j] if j < len(names) else str(j), "index": j, "prob": round(float(q), 6)}
-            for q, j in zip(p.tolist(), i.tolist())
-        ]})
+        results.append({"file": str(f), "top": top_classes(probs, topk, names)})
     return results

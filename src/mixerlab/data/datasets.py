@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 
 from ..errors import DataError
 from ..io_utils import atomic_write_bytes
+from .decode import DecodeError, image_info, read_image
 
 log = logging.getLogger(__name__)
 
@@ -258,41 +260,66 @@ def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def _decode(items: list[tuple[Path, int]], size: tuple[int, int] | None, channels: int | None,
-            strict: bool) -> tuple[Split, tuple[int, int], int]:
-    from PIL import Image, UnidentifiedImageError
+def _report_skipped(bad: list[DecodeError], kept: int) -> None:
+    if bad:
+        shown = "; ".join(str(e) for e in bad[:10])
+        log.warning("skipped %d unusable image(s): %s%s", len(bad), shown, " ..." if len(bad) > 10 else "")
+    if not kept:
+        raise DataError("no readable images")
 
+
+def _survey(items: list[tuple[Path, int]], strict: bool) -> tuple[list[tuple[Path, int]], list[tuple[int, int, int]]]:
+    """Each image's (height, width, channels) from its header; unusable files are named and skipped
+    (or fail the run under `strict`)."""
+    kept, infos, bad = [], [], []
+    for path, label in items:
+        try:
+            infos.append(image_info(path))
+            kept.append((path, label))
+        except DecodeError as e:
+            if strict:
+                raise
+            bad.append(e)
+    _report_skipped(bad, len(kept))
+    return kept, infos
+
+
+def choose_shape(infos: list[tuple[int, int, int]], img_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    """The rule for a folder of mixed images: the most common size (the smaller one on a tie) unless
+    `img_size` is given, and the most common colour (RGB on a tie, since grey converts to RGB losslessly)."""
+    sizes = Counter((h, w) for h, w, _ in infos)
+    size = img_size or min(sizes, key=lambda s: (-sizes[s], s[0] * s[1]))
+    colour = Counter(c for _, _, c in infos)
+    channels = 1 if colour[1] > colour[3] else 3
+    return tuple(size), channels  # type: ignore[return-value]
+
+
+def _decode(items: list[tuple[Path, int]], size: tuple[int, int], channels: int, strict: bool) -> Split:
     images, labels, bad = [], [], []
     for path, label in items:
         try:
-            with Image.open(path) as im:
-                im.load()
-                if channels is None:
-                    channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = (im.height, im.width)
-                if (im.height, im.width) != size:
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            images.append(read_image(path, channels, size))
+            labels.append(label)
+        except DecodeError as e:
             if strict:
-                raise DataError(f"{path}: corrupt or unreadable image: {e}") from None
-            bad.append(str(path))
-            continue
-        images.append(a.reshape(size[0], size[1], -1).transpose(2, 0, 1))
-        labels.append(label)
-    if bad:
-        log.warning("skipped %d corrupt image(s): %s%s", len(bad), ", ".join(bad[:10]), " ..." if len(bad) > 10 else "")
-    if not images:
-        raise DataError("no readable images")
-    x = torch.from_numpy(np.stack(images))
-    return Split(x, torch.tensor(labels, dtype=torch.int64)), size, channels  # type: ignore[return-value]
+                raise
+            bad.append(e)
+    _report_skipped(bad, len(images))
+    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+def _describe(root: Path, infos: list[tuple[int, int, int]], size: tuple[int, int], channels: int,
+              forced: bool) -> str:
+    resized = sum((h, w) != tuple(size) for h, w, _ in infos)
+    converted = sum(c != channels for _, _, c in infos)
+    why = "--img-size" if forced else "the most common size"
+    return (f"{root}: {len(infos)} images at {size[0]}x{size[1]} ({why}), {'grey' if channels == 1 else 'RGB'} "
+            f"(the most common); {resized} resized, {converted} converted to {'grey' if channels == 1 else 'RGB'}")
 
 
 def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_split: float = 0.1,
                       seed: int = 0, strict: bool = False) -> Dataset:
-    """An ImageFolder tree, decoded once into memory at one size (the first image's, or `img_size`)."""
+    """An ImageFolder tree, decoded once into memory at one size and colour (`choose_shape`)."""
     train_dir = root / "train"
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if train_dir.is_dir() and val_dir is not None:
@@ -311,8 +338,12 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
         n_val = max(1, int(round(len(items) * val_split)))
         val_items = [items[i] for i in order[:n_val]]
         train_items = [items[i] for i in order[n_val:]]
-    train, size, ch = _decode(train_items, img_size, None, strict)
-    val, _, _ = _decode(val_items, size, ch, strict)
+    train_items, train_infos = _survey(train_items, strict)
+    val_items, val_infos = _survey(val_items, strict)
+    size, channels = choose_shape(train_infos, img_size)
+    log.info(_describe(root, train_infos + val_infos, size, channels, img_size is not None))
+    train = _decode(train_items, size, channels, strict)
+    val = _decode(val_items, size, channels, strict)
     return Dataset(root.name, train, val, classes)
 
 

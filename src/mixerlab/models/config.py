@@ -7,19 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .layers import ACTIVATIONS, to_2tuple
-
-
-def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
-    """Refuse keys that are not fields of the dataclass `cls`, naming them."""
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {what} keys: {unknown}")
+from ..errors import ConfigError
+from ..validation import Rule, at_least, check_fields, check_known_keys, fraction, validate
+from .layers import ACTIVATIONS
 
 
 @dataclass
 class _Config:
     arch: ClassVar[str] = ""
+    RULES: ClassVar[dict[str, Rule]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -34,7 +30,7 @@ class _Config:
         d = dict(d)
         arch = d.pop("arch", cls.arch)
         if arch != cls.arch:
-            raise ValueError(f"config is for arch {arch!r}, not {cls.arch!r}")
+            raise ConfigError(f"config is for arch {arch!r}, not {cls.arch!r}")
         check_known_keys(cls, d, f"{cls.arch} config")
         return cls(**d)
 
@@ -52,21 +48,30 @@ class _Config:
         gh, gw = self.grid_size
         return gh * gw
 
+    @classmethod
+    def check_overrides(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Some options (`--model-arg`s, say) checked one by one, before any model is built."""
+        return check_fields(cls, d, f"{cls.arch} model option", cls.RULES)
+
     def _check_common(self) -> None:
-        self.img_size = to_2tuple(self.img_size)  # type: ignore[attr-defined]
+        if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):
+            self.img_size = (self.img_size, self.img_size)  # type: ignore[assignment]
+        validate(self, f"{self.arch} model option", self.RULES)
         h, w = self.img_size  # type: ignore[attr-defined]
         p = self.patch_size  # type: ignore[attr-defined]
-        if p <= 0 or h <= 0 or w <= 0:
-            raise ValueError(f"img_size {self.img_size} and patch_size {p} must be positive")  # type: ignore[attr-defined]
         if h % p or w % p:
-            raise ValueError(
+            raise ConfigError(
                 f"img_size {h}x{w} is not divisible by patch_size {p}: "
                 f"the image must tile into whole {p}x{p} patches"
             )
-        if self.act not in ACTIVATIONS:  # type: ignore[attr-defined]
-            raise ValueError(f"unknown act {self.act!r}; choose one of {ACTIVATIONS}")  # type: ignore[attr-defined]
-        if self.num_classes < 0 or self.in_chans <= 0:  # type: ignore[attr-defined]
-            raise ValueError("num_classes must be >= 0 and in_chans > 0")
+
+
+# What every model config allows; each class adds its own.
+_COMMON_RULES = {
+    "img_size": at_least(1), "patch_size": at_least(1), "in_chans": at_least(1), "num_classes": at_least(0),
+    "embed_dim": at_least(1), "depth": at_least(1), "drop_rate": fraction(), "drop_path_rate": fraction(),
+    "act": Rule(choices=ACTIVATIONS), "norm_eps": Rule(lo=0.0, lo_open=True),
+}
 
 
 @dataclass
@@ -74,6 +79,8 @@ class MixerConfig(_Config):
     """An MLP-Mixer. Names follow timm; the paper's symbols are in the comments."""
 
     arch: ClassVar[str] = "mixer"
+    RULES: ClassVar[dict[str, Rule]] = {**_COMMON_RULES, "tokens_mlp_dim": at_least(1),
+                                        "channels_mlp_dim": at_least(1), "init": Rule(choices=("jax", "timm"))}
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16  # P
     in_chans: int = 3
@@ -90,8 +97,6 @@ class MixerConfig(_Config):
 
     def __post_init__(self) -> None:
         self._check_common()
-        if self.init not in ("jax", "timm"):
-            raise ValueError(f"unknown init {self.init!r}; choose 'jax' or 'timm'")
 
 
 @dataclass
@@ -99,6 +104,7 @@ class ViTConfig(_Config):
     """The paper's baseline: a pre-LN Vision Transformer with a class token (timm's vit_*_patch*_224)."""
 
     arch: ClassVar[str] = "vit"
+    RULES: ClassVar[dict[str, Rule]] = {**_COMMON_RULES, "num_heads": at_least(1), "mlp_dim": at_least(1)}
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16
     in_chans: int = 3
@@ -115,7 +121,7 @@ class ViTConfig(_Config):
     def __post_init__(self) -> None:
         self._check_common()
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
 
 CONFIG_CLASSES: dict[str, type[_Config]] = {"mixer": MixerConfig, "vit": ViTConfig}
@@ -124,5 +130,5 @@ CONFIG_CLASSES: dict[str, type[_Config]] = {"mixer": MixerConfig, "vit": ViTConf
 def config_from_dict(d: dict[str, Any]) -> MixerConfig | ViTConfig:
     arch = d.get("arch", "mixer")
     if arch not in CONFIG_CLASSES:
-        raise ValueError(f"unknown arch {arch!r} in config; known: {sorted(CONFIG_CLASSES)}")
+        raise ConfigError(f"unknown arch {arch!r} in config; known: {sorted(CONFIG_CLASSES)}")
     return CONFIG_CLASSES[arch].from_dict(d)  # type: ignore[return-value]

@@ -8,7 +8,15 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models.config import check_known_keys
+from ..errors import ConfigError
+from ..models.config import CONFIG_CLASSES
+from ..models.registry import get_config, list_models
+from ..perf.runtime import PRECISIONS
+from ..validation import Rule, at_least, check_known_keys, fraction, validate
+
+# What may change when a run is resumed: how long it trains and where and how it runs, never what it
+# learns from or how (that would not continue the same run).
+RESUMABLE = ("epochs", "quiet", "device", "eval_batch_size", "data_dir", "strict")
 
 # Old option names, still read: the same names as the model config's now.
 RENAMED = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
@@ -58,6 +66,18 @@ class TrainConfig:
     quiet: bool = False
     out: str = "runs/latest"
 
+    def __post_init__(self) -> None:
+        validate(self, "training option", RULES)
+        if self.model != "auto" and self.model not in list_models():
+            raise ConfigError(f"training option 'model': {self.model!r} is not a registered model; allowed: auto, "
+                              f"{', '.join(list_models())}")
+        if self.model_args and not self.pretrained:
+            arch = "mixer" if self.model == "auto" else get_config(self.model).arch
+            try:
+                self.model_args = CONFIG_CLASSES[arch].check_overrides(self.model_args)
+            except ConfigError as e:
+                raise ConfigError(f"training option 'model_args' (--model-arg): {e}") from None
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
@@ -71,15 +91,23 @@ class TrainConfig:
                 warnings.warn(f"training option {old!r} is now {new!r}", DeprecationWarning, stacklevel=2)
                 d.setdefault(new, d.pop(old))
         check_known_keys(cls, d, "training config")
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+        return cls(**d)  # __post_init__ checks every value (a list of betas becomes a tuple there)
 
 
-# The string options that take one of a few values: the CLI offers them as choices, so a typo fails
-# before any data is loaded.
+# The string options that take one of a few values: the CLI offers them as choices too.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd", "muon"),
     "schedule": ("cosine", "linear"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "precision": PRECISIONS,
+}
+
+# Ranges of the numeric options, checked whenever a TrainConfig is made (flags, files, resumed runs).
+RULES: dict[str, Rule] = {
+    **{k: Rule(choices=v) for k, v in CHOICES.items()},
+    "img_size": at_least(1), "val_split": Rule(0.0, 1.0, lo_open=True, hi_open=True), "epochs": at_least(1),
+    "batch_size": at_least(1), "accum_steps": at_least(1), "lr": Rule(lo=0.0, lo_open=True), "min_lr": at_least(0),
+    "betas": fraction(), "momentum": fraction(), "weight_decay": at_least(0), "warmup_epochs": at_least(0),
+    "clip_grad": at_least(0), "label_smoothing": fraction(), "mixup": at_least(0), "randaug_n": at_least(0),
+    "randaug_m": Rule(0, 30), "crop_pad": at_least(0), "drop_path_rate": fraction(), "drop_rate": fraction(),
+    "ema": fraction(), "seed": at_least(0), "eval_batch_size": at_least(1), "max_steps_per_epoch": at_least(1),
 }

@@ -9,11 +9,13 @@ an interrupted run stopped. Only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +28,14 @@ from tqdm import tqdm
 
 from ..data.datasets import load_dataset
 from ..data.transforms import BatchAugment
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
 from . import distributed as dist_utils
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import RESUMABLE, TrainConfig
 from .report import plot_confusion, plot_curves, write_report
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import step_seed, train_step
@@ -52,10 +54,16 @@ class Progress:
     best_eval: dict[str, Any] | None = None
     train_time_s: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    # running sums of the current epoch, so that an epoch resumed in the middle reports all its steps
+    epoch_loss_sum: float = 0.0
+    epoch_grad_norm_sum: float = 0.0
+    epoch_grad_norm_max: float = 0.0
 
 
 @dataclass
 class EpochStats:
+    """One epoch: time and steps of this process's part of it, loss and gradient norm of all its steps."""
+
     seconds: float
     data_seconds: float
     steps: int
@@ -205,8 +213,9 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     sampler.set_epoch(epoch)
     order = torch.tensor(list(sampler))
     run.ddp.train()
-    start, t_epoch, data_time, loss_sum = p.step_in_epoch, time.perf_counter(), 0.0, 0.0
-    grad_norms: list[float] = []
+    start, t_epoch, data_time = p.step_in_epoch, time.perf_counter(), 0.0
+    if start == 0:
+        p.epoch_loss_sum = p.epoch_grad_norm_sum = p.epoch_grad_norm_max = 0.0
     show = run.is_main and not cfg.quiet
     bar = tqdm(range(start, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                dynamic_ncols=True, leave=True)
@@ -224,11 +233,12 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
             raise TrainingError(
                 f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopping. The last good "
                 f"checkpoint is kept in {run.run_dir / 'last.pt'} (try a lower --lr or --precision fp32)")
-        loss_sum += loss
-        grad_norms.append(grad_norm)
+        p.epoch_loss_sum += loss
+        p.epoch_grad_norm_sum += grad_norm
+        p.epoch_grad_norm_max = max(p.epoch_grad_norm_max, grad_norm)
         done = step + 1 - start
         if show and step % 10 == 0:
-            bar.set_postfix(loss=f"{loss_sum / done:.4f}",
+            bar.set_postfix(loss=f"{p.epoch_loss_sum / (step + 1):.4f}",
                             img_s=f"{done * run.global_batch / (time.perf_counter() - t_epoch):.0f}")
         if dist_utils.any_rank(stop.step_done(), run.device):
             p.train_time_s += time.perf_counter() - t_epoch
@@ -239,9 +249,9 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
                             resume_command(run.run_dir, ctx.world_size))
             return None
     bar.close()
-    steps = run.steps_per_epoch - start
-    return EpochStats(time.perf_counter() - t_epoch, data_time, steps, loss_sum / max(steps, 1),
-                      sum(grad_norms) / max(steps, 1), max(grad_norms, default=0.0))
+    n = run.steps_per_epoch
+    return EpochStats(time.perf_counter() - t_epoch, data_time, n - start, p.epoch_loss_sum / n,
+                      p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max)
 
 
 def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
@@ -284,6 +294,14 @@ def open_run(cfg: TrainConfig | None, resume: str | None,
     """(config, run folder, checkpoint to resume from or None) for a new run or a resumed one."""
     if resume:
         run_dir = Path(resume)
+        refused = sorted(set(resume_overrides or {}) - set(RESUMABLE))
+        if refused:
+            flags = ", ".join("--model-arg" if k == "model_args" else "--" + k.replace("_", "-") for k in refused)
+            raise ConfigError(
+                f"{flags} cannot change when resuming {run_dir}: a resumed run continues as it was configured. "
+                f"Allowed with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)}. To train "
+                f"from this checkpoint with other settings, start a new run: mixerlab train --pretrained "
+                f"{run_dir} --out NEW_FOLDER {flags} ...")
         ckpt = load_checkpoint(run_dir / "last.pt")
         cfg = TrainConfig.from_dict({**ckpt["train_config"], **(resume_overrides or {}), "out": str(run_dir)})
         return cfg, run_dir, ckpt
@@ -293,7 +311,19 @@ def open_run(cfg: TrainConfig | None, resume: str | None,
     if (run_dir / "last.pt").exists():
         raise TrainingError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                             f"or choose another --out")
+    check_writable_dir(run_dir)
     return cfg, run_dir, None
+
+
+def check_writable_dir(run_dir: Path) -> None:
+    """Fail before any data is loaded when the run folder cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir}: is a file, not a folder; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as e:
+        raise TrainingError(f"--out {run_dir}: cannot write there ({e.strerror or e}); choose another --out") from None
 
 
 def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_steps: int | None = None,
@@ -303,8 +333,25 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
     `stop_after_steps` stops, as a SIGTERM would, after that many steps of this call (tests use it)."""
     cfg, run_dir, ckpt = open_run(cfg, resume, resume_overrides)
     ctx = dist_utils.setup(cfg.device)
-    if ctx.rank != 0 or cfg.quiet:
-        logging.getLogger("mixerlab").setLevel(logging.WARNING)
+    with quiet_logs(ctx.rank != 0 or cfg.quiet):
+        return _train(cfg, run_dir, ckpt, ctx, stop_after_steps)
+
+
+@contextlib.contextmanager
+def quiet_logs(quiet: bool):
+    """Only warnings from mixerlab while `quiet`; the level is restored afterwards."""
+    logger = logging.getLogger("mixerlab")
+    old = logger.level
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: dist_utils.DistContext,
+           stop_after_steps: int | None) -> dict[str, Any]:
     run = Run(cfg, run_dir, ctx)
     if ckpt is not None:
         run.load_state_dict(ckpt)

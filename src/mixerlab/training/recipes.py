@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .config import TrainConfig
 
 # The paper's recipes (Section 3 and Appendix B), scaled to what a 2-core CPU can run. Every value is
@@ -32,37 +33,50 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def _parse(path: Path, text: str) -> Any:
+    """The file's content by its suffix; a syntax error names the file and the place."""
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            return tomllib.loads(text)
+        if path.suffix == ".json":
+            return json.loads(text)
+    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
+        where = str(e).strip().replace("\n", " ")
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {where}") from None
+    raise ConfigError(f"{path}: unknown config file type {path.suffix!r}; use .yaml, .yml, .toml or .json")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML (.yaml/.yml), TOML (.toml) or JSON file of TrainConfig keys."""
+    """A YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file of TrainConfig keys."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        d = yaml.safe_load(text) or {}
-    elif path.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib
-
-        d = tomllib.loads(text)
-    else:
-        d = json.loads(text)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    d = _parse(path, text)
+    if d is None:
+        return {}
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping of training options")
-    return {k.replace("-", "_"): v for k, v in d.items()}
+        raise ConfigError(f"{path}: expected a mapping of training options (KEY: VALUE lines)")
+    return {str(k).replace("-", "_"): v for k, v in d.items()}
 
 
-def resolve(recipe: str = "scratch", file: str | None = None, **flags: Any) -> TrainConfig:
-    """Preset, then file, then flags (flags that are None are left to the others)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    d: dict[str, Any] = {"recipe": recipe, **RECIPES[recipe]}
-    if file:
-        from_file = read_config_file(file)
-        if "recipe" in from_file and from_file["recipe"] != recipe:
-            d = {"recipe": from_file["recipe"], **RECIPES[from_file["recipe"]]}
-        d.update(from_file)
+def resolve(recipe: str | None = None, file: str | None = None, **flags: Any) -> TrainConfig:
+    """Preset, then file, then flags (flags that are None are left to the others). A `recipe:` key in
+    the file picks the preset, else `recipe`, else "scratch"."""
+    from_file = read_config_file(file) if file else {}
+    name = from_file.get("recipe", recipe or "scratch")
+    if not isinstance(name, str) or name not in RECIPES:
+        where = f"{file}: " if "recipe" in from_file else ""
+        raise ConfigError(f"{where}unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+    d: dict[str, Any] = {**RECIPES[name], **from_file, "recipe": name}
     d.update({k: v for k, v in flags.items() if v is not None})
     return TrainConfig.from_dict(d)

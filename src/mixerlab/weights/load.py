@@ -80,10 +80,16 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch names a forbidden class or function as a GLOBAL; anything else is a broken stream.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        found = next((ln for ln in lines if "global" in ln.lower() and "unsupported" in ln.lower()), None)
+        if found is None:
+            detail = next((ln for ln in lines if ln.startswith("Unsupported operand") or "error" in ln.lower()),
+                          lines[-1] if lines else type(e).__name__)
+            raise CheckpointError(f"{path}: corrupt file: not a readable torch checkpoint ({detail})") from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain "
-            f"containers, and mixerlab never unpickles code ({first})"
+            f"containers, and mixerlab never unpickles code ({found[:200]})"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: cannot read torch checkpoint (truncated or corrupt?): {e}") from None
@@ -112,12 +118,15 @@ def _expected_shapes(cfg: MixerConfig | ViTConfig) -> dict[str, torch.Size]:
 
 
 def load_state_and_config(
-    src: str | os.PathLike, img_size: tuple[int, int] | None = None
+    src: str | os.PathLike, img_size: tuple[int, int] | None = None, num_heads: int | None = None
 ) -> tuple[dict[str, torch.Tensor], MixerConfig | ViTConfig, str, list[str] | None]:
-    """Read any supported source into (state dict in our names, config, format name, class names)."""
+    """Read any supported source into (state dict in our names, config, format name, class names).
+    `num_heads` is needed only for a ViT whose file holds no config that says it."""
     path = resolve_source(src)
     fmt = detect_format(path)
     if fmt == "timm-dir":
+        timm_config = json.loads((path / serialization.CONFIG_NAME).read_text())
+        num_heads = num_heads or timm.heads_from_timm_config(timm_config)
         path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
     if fmt == "run-dir":
         path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
@@ -136,7 +145,7 @@ def load_state_and_config(
     else:
         sd, config = _unwrap_state_dict(_torch_load(path), str(path))
     if config is None:
-        return sd, timm.config_from_state_dict(sd, str(path)), "timm", None
+        return sd, timm.config_from_state_dict(sd, str(path), num_heads), "timm", None
     config = dict(config)
     names = config.pop("class_names", None)
     try:
@@ -166,9 +175,11 @@ def resolve_source(src: str | os.PathLike) -> Path:
 
 
 # -------------------------------------------------------------------------------------- building
-def load_model(src: str | os.PathLike, img_size: tuple[int, int] | None = None, **overrides: Any) -> nn.Module:
-    """The checkpoint's model as it was saved; `overrides` set options the weights do not fix."""
-    sd, cfg, fmt, class_names = load_state_and_config(src, img_size)
+def load_model(src: str | os.PathLike, img_size: tuple[int, int] | None = None, heads_hint: int | None = None,
+               **overrides: Any) -> nn.Module:
+    """The checkpoint's model as it was saved; `overrides` set options the weights do not fix.
+    `heads_hint` is the head count of a ViT whose file does not say it (a registered name's, say)."""
+    sd, cfg, fmt, class_names = load_state_and_config(src, img_size, overrides.get("num_heads", heads_hint))
     try:
         cfg = cfg.replace(**overrides)
     except TypeError as e:
@@ -247,6 +258,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, num_cla
         counted = {} if num_classes is None else {"num_classes": num_classes}
         return create_random_model(name, **sized, **counted, **overrides)
     size = to_2tuple(img_size) if img_size is not None else None
-    model = load_model(pretrained, size, **{k: v for k, v in overrides.items() if k not in _STRUCTURE})
+    heads = overrides.get("num_heads", getattr(get_config(name), "num_heads", None))
+    model = load_model(pretrained, size, heads, **{k: v for k, v in overrides.items() if k not in _STRUCTURE})
     check_fits_name(name, model.config, str(pretrained), overrides)
     return adapt(model, pretrained, num_classes, size, resize_method)

@@ -18,8 +18,25 @@ def _block_count(sd: dict[str, torch.Tensor]) -> int:
     return len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], src: str) -> MixerConfig | ViTConfig:
-    """Config of a timm-named state dict (timm's mlp_mixer or vision_transformer) from its shapes."""
+# timm's ViT families and their head counts (timm/models/vision_transformer.py): the shapes of a state
+# dict do not say how the width is split into heads.
+VIT_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit_medium": 8, "vit_large": 16, "vit_huge": 16}
+
+
+def heads_from_timm_config(timm_config: dict) -> int | None:
+    """The head count a timm Hugging Face `config.json` states: in its model_args, or by its
+    architecture's family (vit_base_patch16_224 -> 12)."""
+    args = timm_config.get("model_args") or {}
+    if isinstance(args.get("num_heads"), int):
+        return args["num_heads"]
+    arch = str(timm_config.get("architecture", ""))
+    return next((h for family, h in VIT_HEADS.items() if arch.startswith(family + "_")), None)
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], src: str,
+                           num_heads: int | None = None) -> MixerConfig | ViTConfig:
+    """Config of a timm-named state dict (timm's mlp_mixer or vision_transformer) from its shapes. A ViT
+    also needs `num_heads`, which the shapes do not hold."""
 
     def shape(k: str) -> tuple[int, ...]:
         if k not in sd:
@@ -44,10 +61,15 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], src: str) -> MixerConfig
         s = shape("pos_embed")[1] - 1
         g = int(round(s**0.5))
         mlp = shape("blocks.0.mlp.fc1.weight")[0]
-        # Head count is not in the shapes; 64-wide heads is what every ViT size uses.
+        if num_heads is None:
+            raise CheckpointError(
+                f"{src}: a ViT state dict does not record how many attention heads it has (width {c}); pass "
+                f"num_heads=N (mixerlab.from_pretrained(src, num_heads=N), or --model-arg num_heads=N): timm's "
+                f"ViT-S, -B and -L use 6, 12 and 16"
+            )
         return ViTConfig(
             img_size=(g * p, g * p), patch_size=p, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=c, depth=depth, num_heads=max(c // 64, 1), mlp_dim=mlp,
+            embed_dim=c, depth=depth, num_heads=num_heads, mlp_dim=mlp,
         )
     sample = ", ".join(list(sd)[:4])
     raise CheckpointError(

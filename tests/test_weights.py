@@ -1,5 +1,6 @@
 """Weights in and out: timm parity, our own format, the HF cache, conversion, resizing, and safety."""
 
+import json
 import os
 import pickle
 
@@ -277,3 +278,71 @@ def test_model_class_from_pretrained_reads_its_own_format_and_points_elsewhere(t
     back = mixerlab.MlpMixer.from_pretrained(tmp_path / "m", drop_path_rate=0.1)
     assert back.config.drop_path_rate == 0.1
     assert torch.equal(back.state_dict()["head.weight"], model.state_dict()["head.weight"])
+
+
+# ------------------------------------------------------------------------------ preprocessing travels
+def test_timm_miil_weights_in_the_hf_cache_use_their_own_preprocessing(tmp_path, monkeypatch, capsys):
+    """A timm repo laid out as the Hugging Face cache holds it (timm's own save_for_hf): mixerlab reads
+    its pretrained_cfg (miil: mean 0, std 1, bilinear) and predicts what timm predicts with timm's eval
+    transform on the same image."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    ref = timm.create_model("mixer_b16_224.miil_in21k", pretrained=False).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.02 if p.ndim > 1 else 0.1) + (1.0 if "norm" in name and
+                                                                            name.endswith("weight") else 0.0))
+        ref.head.weight.mul_(12)  # a peaked answer, so that a 1e-3 bound on probabilities means something
+    snap = tmp_path / "hub" / "models--timm--mixer_b16_224.miil_in21k" / "snapshots" / ("c" * 40)
+    save_for_hf(ref, str(snap), safe_serialization=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("c" * 40)
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))  # not square, not 224
+    photo.save(tmp_path / "photo.png")
+    tf = create_transform(**resolve_data_config({}, model=ref))
+    with torch.no_grad():
+        want = ref(tf(photo).unsqueeze(0)).softmax(-1)[0]
+    assert 0.2 < want.max() < 0.99
+
+    ours = mixerlab.from_pretrained("timm/mixer_b16_224.miil_in21k")
+    assert (ours.config.mean, ours.config.std, ours.config.interpolation) == ((0.0,) * 3, (1.0,) * 3, "bilinear")
+    assert cli(["predict", "timm/mixer_b16_224.miil_in21k", str(tmp_path / "photo.png"), "--json", "--topk", "5"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert [t["index"] for t in top] == want.topk(5).indices.tolist()
+    diff = max(abs(t["prob"] - want[t["index"]].item()) for t in top)
+    print(f"miil: top-1 {want.max():.4f}, max |p - p_timm| over the top 5 {diff:.2e}")
+    assert diff < 1e-3
+    # The same file with Google's preprocessing assumed gives other numbers: the cfg matters.
+    goog = mixerlab.from_pretrained("timm/mixer_b16_224.miil_in21k", mean=(0.5,) * 3, std=(0.5,) * 3)
+    from mixerlab.predict import predict_files
+
+    other = predict_files(goog, [tmp_path / "photo.png"], topk=1)[0]["top"][0]
+    print(f"with goog preprocessing assumed: |p - p_timm| = {abs(other['prob'] - want[other['index']].item()):.3f}")
+    assert abs(other["prob"] - want[other["index"]].item()) > 1e-3
+
+
+def test_preprocessing_round_trips_through_every_format_that_can_carry_it(tmp_path, caplog):
+    model = tiny(mean=(0.1, 0.2, 0.3), std=(0.9, 0.8, 0.7), interpolation="bilinear", crop_pct=1.0)
+    pre = lambda m: (m.config.mean, m.config.std, m.config.interpolation, m.config.crop_pct)  # noqa: E731
+    model.save_pretrained(tmp_path / "m")
+    assert pre(mixerlab.from_pretrained(tmp_path / "m")) == pre(model)
+    assert pre(mixerlab.from_pretrained(tmp_path / "m" / "model.safetensors")) == pre(model)
+    mixerlab.save_timm(model, tmp_path / "t.safetensors")
+    assert pre(mixerlab.from_pretrained(tmp_path / "t.safetensors")) == pre(model)
+    mixerlab.save_timm(model, tmp_path / "t.pth")  # a bare state dict cannot carry it: said, and overridable
+    with caplog.at_level("INFO"):
+        bare = mixerlab.from_pretrained(tmp_path / "t.pth")
+    assert bare.config.mean == (0.5,) and "assumed Google's (mean 0.5, std 0.5" in caplog.text
+    given = mixerlab.from_pretrained(tmp_path / "t.pth", mean=(0.1, 0.2, 0.3), std=(0.9, 0.8, 0.7))
+    assert (given.config.mean, given.config.std) == ((0.1, 0.2, 0.3), (0.9, 0.8, 0.7))
+    with pytest.raises(mixerlab.ConfigError, match="'mean': \\[0.1, 0.2\\] has 2 values; give 1 or in_chans = 3"):
+        mixerlab.from_pretrained(tmp_path / "m", mean=(0.1, 0.2))

@@ -5,7 +5,7 @@ cli -> tasks (training, evaluate, predict, perf.bench) -> weights, data, perf (r
 models -> models.layers; `errors` and `io_utils` serve all of them. Nothing inside imports this file.
 """
 
-from .errors import CheckpointError, DataError, MixerlabError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, MixerlabError, TrainingError
 from .models.config import MixerConfig, ViTConfig, config_from_dict
 from .models.flops import count_flops, count_macs, count_params
 from .models.mixer import MlpMixer
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ConfigError",
     "DataError",
     "MixerConfig",
     "MixerlabError",

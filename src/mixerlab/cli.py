@@ -12,6 +12,16 @@ from collections.abc import Callable, Sequence
 from .errors import MixerlabError
 
 
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="input mean per channel, for weights that do not say theirs (a bare timm state dict)")
+    p.add_argument("--std", type=float, nargs="+", metavar="S", help="input std per channel (see --mean)")
+
+
+def _preprocess(args: argparse.Namespace) -> dict:
+    return {k: tuple(getattr(args, k)) for k in ("mean", "std") if getattr(args, k)}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1, refused with a message naming the value otherwise."""
     try:
@@ -178,6 +188,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
+    _add_preprocess(p)
     p.add_argument("--map-by-index", action="store_true",
                    help="score class i of the data as class i of the model even when their names differ")
     p.add_argument("--tta", action="store_true",
@@ -195,7 +206,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .training.report import plot_confusion
     from .weights.load import from_pretrained
 
-    model = from_pretrained(args.src)
+    model = from_pretrained(args.src, **_preprocess(args))
     size = tuple(model.config.img_size)
     data = load_dataset(args.data, args.data_dir, img_size=size)
     check_classes(model, data.classes, args.src, args.data, args.map_by_index)
@@ -223,6 +234,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (at least 1)")
+    _add_preprocess(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto")
 
@@ -232,7 +244,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .predict import list_image_files, predict_files
     from .weights.load import from_pretrained
 
-    model = from_pretrained(args.src)
+    model = from_pretrained(args.src, **_preprocess(args))
     files = list_image_files(args.images)
     results = predict_files(model, files, args.topk, str(pick_device(args.device)),
                             getattr(model, "class_names", None))

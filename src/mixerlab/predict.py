@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from .data.datasets import IMAGE_EXTS
-from .data.decode import DecodeError, read_image
-from .data.transforms import prepare
+from .data.decode import DecodeError, decode_image
+from .data.transforms import eval_image, prepare
 from .errors import DataError
 
 
@@ -48,12 +48,12 @@ def predict_files(model: nn.Module, files: list[Path], topk: int = 5, device: st
     results = []
     for f in files:
         try:
-            a = read_image(f, cfg.in_chans if cfg.in_chans in (1, 3) else None, tuple(cfg.img_size))
+            im = decode_image(f, cfg.in_chans if cfg.in_chans in (1, 3) else None)
         except DecodeError as e:
             results.append({"file": str(f), "error": f"unreadable image: {str(e).removeprefix(f'{f}: ')}",
                             "reason": e.reason})
             continue
-        x = torch.from_numpy(a).unsqueeze(0)
+        x = eval_image(im, cfg).unsqueeze(0)
         probs = model(prepare(x, model, torch.device(device))).float().softmax(-1)[0]
         results.append({"file": str(f), "top": top_classes(probs, topk, names)})
     return results

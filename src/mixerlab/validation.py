@@ -66,7 +66,11 @@ def convert(what: str, name: str, value: Any, kind: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return convert(what, name, value, inner[0])
-    if origin is tuple:  # tuple[float, float]
+    if origin is tuple:  # tuple[float, float], or tuple[float, ...] of any length from 1
+        if args[-1] is Ellipsis:
+            if not isinstance(value, list | tuple) or not value:
+                raise ConfigError(f"{what} {name!r}: {value!r} is not a list of numbers")
+            args = (args[0],) * len(value)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{what} {name!r}: {value!r} is not a list of {len(args)} numbers")
         return tuple(convert(what, name, v, a) for v, a in zip(value, args))

@@ -8,37 +8,65 @@ what the uninterrupted run drew.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
-
-# Inputs are scaled to [-1, 1], as the official code and timm's Mixer weights expect.
-MEAN, STD = 0.5, 0.5
+from .decode import to_uint8_chw
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [-1, 1]."""
-    return x.to(dtype).div_(255.0).sub_(MEAN).div_(STD)
+def _per_channel(v: tuple[float, ...], x: torch.Tensor) -> float | torch.Tensor:
+    return v[0] if len(v) == 1 else torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.5,),
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, (x / 255 - mean) / std per channel (0.5/0.5 gives [-1, 1], what
+    the official code and timm's goog weights expect)."""
+    x = x.to(dtype).div_(255.0)
+    return x.sub_(_per_channel(mean, x)).div_(_per_channel(std, x))
 
 
 def prepare(x: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
-    """uint8 batch -> normalised float on the device, with grey images repeated for RGB models."""
-    x = normalize(x.to(device, non_blocking=True))
-    want = model.config.in_chans
+    """uint8 batch -> float on the device with the model's own normalisation (its config's mean and
+    std); grey images are repeated for RGB models, RGB averaged for grey ones; other sizes resized."""
+    cfg = model.config
+    x = x.to(device, non_blocking=True)
+    want = cfg.in_chans
     if x.shape[1] != want:
         if x.shape[1] == 1:
             x = x.expand(-1, want, -1, -1)
         elif want == 1 and x.shape[1] == 3:
-            x = x.mean(dim=1, keepdim=True)
+            x = x.float().mean(dim=1, keepdim=True).round_().to(torch.uint8)
         else:
             raise DataError(f"the data has {x.shape[1]} channels, the model takes {want}")
+    x = normalize(x, cfg.mean, cfg.std)
     size = tuple(model.config.img_size)
     if tuple(x.shape[-2:]) != size:  # e.g. 28 px data into a 224 px pre-trained model
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return x
+
+
+def eval_image(im: Image.Image, cfg) -> torch.Tensor:
+    """One decoded image as the model's input, uint8 (C, H, W), by timm's eval transform and the
+    model's own preprocessing: resize (its interpolation) so that the shorter side is input / crop_pct,
+    then take the centre. With crop_pct 1 and an image of the input's shape this does nothing."""
+    h, w = cfg.img_size
+    scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
+    mode = TF.InterpolationMode(cfg.interpolation)
+    if scale[0] == scale[1]:
+        im = TF.resize(im, [scale[0]], interpolation=mode)  # the shorter side, as torchvision's Resize(int)
+    else:
+        k = max(scale[0] / im.height, scale[1] / im.width)
+        im = TF.resize(im, [round(im.height * k), round(im.width * k)], interpolation=mode)
+    im = TF.center_crop(im, [h, w])
+    return torch.from_numpy(to_uint8_chw(im))
 
 
 def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -11,11 +11,20 @@ from ..errors import ConfigError
 from ..validation import Rule, at_least, check_fields, check_known_keys, fraction, validate
 from .layers import ACTIVATIONS
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
 
 @dataclass
 class _Config:
+    """What every model config holds besides its architecture: the preprocessing its weights expect
+    (timm's `pretrained_cfg` fields), so that it travels with the weights."""
+
     arch: ClassVar[str] = ""
     RULES: ClassVar[dict[str, Rule]] = {}
+    mean: tuple[float, ...] = (0.5,)  # per input channel, or one value for all
+    std: tuple[float, ...] = (0.5,)
+    interpolation: str = "bicubic"  # how an image of another size is resized to the input size
+    crop_pct: float = 0.875  # resize the shorter side to input / crop_pct, then centre-crop the input
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -57,6 +66,12 @@ class _Config:
         if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):
             self.img_size = (self.img_size, self.img_size)  # type: ignore[assignment]
         validate(self, f"{self.arch} model option", self.RULES)
+        chans = self.in_chans  # type: ignore[attr-defined]
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, chans):
+                raise ConfigError(f"{self.arch} model option {name!r}: {list(values)} has {len(values)} values; "
+                                  f"give 1 or in_chans = {chans}")
         h, w = self.img_size  # type: ignore[attr-defined]
         p = self.patch_size  # type: ignore[attr-defined]
         if h % p or w % p:
@@ -71,6 +86,8 @@ _COMMON_RULES = {
     "img_size": at_least(1), "patch_size": at_least(1), "in_chans": at_least(1), "num_classes": at_least(0),
     "embed_dim": at_least(1), "depth": at_least(1), "drop_rate": fraction(), "drop_path_rate": fraction(),
     "act": Rule(choices=ACTIVATIONS), "norm_eps": Rule(lo=0.0, lo_open=True),
+    "std": Rule(lo=0.0, lo_open=True), "interpolation": Rule(choices=INTERPOLATIONS),
+    "crop_pct": Rule(0.0, 1.0, lo_open=True),
 }
 
 

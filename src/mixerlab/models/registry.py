@@ -26,6 +26,11 @@ _VIT_SIZES = {
 }
 
 
+# Preprocessing: the paper sizes take timm's for Google's weights (mean 0.5, std 0.5, bicubic resize of
+# the shorter side to 224 / 0.875, centre crop); the small models take their images whole.
+_SMALL_IMAGES: dict[str, Any] = dict(interpolation="bilinear", crop_pct=1.0)
+
+
 def _mixer(size: str, patch: int, **kw: Any) -> MixerConfig:
     c, ds, dc, n = _MIXER_SIZES[size]
     return MixerConfig(
@@ -35,7 +40,7 @@ def _mixer(size: str, patch: int, **kw: Any) -> MixerConfig:
 
 def _vit(size: str, patch: int, **kw: Any) -> ViTConfig:
     c, h, m, n = _VIT_SIZES[size]
-    return ViTConfig(patch_size=patch, embed_dim=c, num_heads=h, mlp_dim=m, depth=n, **kw)
+    return ViTConfig(patch_size=patch, embed_dim=c, num_heads=h, mlp_dim=m, depth=n, crop_pct=0.9, **kw)
 
 
 _REGISTRY: dict[str, MixerConfig | ViTConfig] = {
@@ -48,13 +53,14 @@ _REGISTRY: dict[str, MixerConfig | ViTConfig] = {
     "mixer_l16_224": _mixer("l", 16),
     "mixer_h14_224": _mixer("h", 14),
     # Small Mixers for 28-32 px images (Fashion-MNIST, MNIST, CIFAR). 4x4 patches give 49-64 tokens.
+    # Such images are used whole: resized (bilinear) to the input size, never cropped.
     "mixer_nano": MixerConfig(
         img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
-        embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512, depth=8,
+        embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512, depth=8, **_SMALL_IMAGES,
     ),
     "mixer_micro": MixerConfig(
         img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
-        embed_dim=256, tokens_mlp_dim=128, channels_mlp_dim=1024, depth=8,
+        embed_dim=256, tokens_mlp_dim=128, channels_mlp_dim=1024, depth=8, **_SMALL_IMAGES,
     ),
     # The ViT baseline.
     "vit_s16_224": _vit("s", 16),
@@ -63,7 +69,7 @@ _REGISTRY: dict[str, MixerConfig | ViTConfig] = {
     "vit_b32_224": _vit("b", 32),
     "vit_nano": ViTConfig(
         img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
-        embed_dim=128, num_heads=4, mlp_dim=512, depth=8,
+        embed_dim=128, num_heads=4, mlp_dim=512, depth=8, **_SMALL_IMAGES,
     ),
 }
 

@@ -1,15 +1,18 @@
-"""Training checkpoints on disk: written atomically, read with `weights_only=True`, and recognised by
-their format tag. What goes into one is `Run.state_dict()` (loop.py)."""
+"""A run's folder on disk: opening it for a new or a resumed run, and its checkpoints, written
+atomically, read with `weights_only=True` and recognised by their format tag. What goes into a
+checkpoint is `Run.state_dict()` (loop.py)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..io_utils import atomic_write
+from .config import RESUMABLE, TrainConfig
 
 CHECKPOINT_FORMAT = "mixerlab-train-v1"
 
@@ -28,3 +31,46 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a mixerlab training checkpoint")
     return ckpt
+
+
+def open_run(cfg: TrainConfig | None, resume: str | None,
+             resume_overrides: dict[str, Any] | None) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """(config, run folder, checkpoint to resume from or None) for a new run or a resumed one."""
+    if resume:
+        run_dir = Path(resume)
+        refused = sorted(set(resume_overrides or {}) - set(RESUMABLE))
+        if refused:
+            flags = ", ".join("--model-arg" if k == "model_args" else "--" + k.replace("_", "-") for k in refused)
+            raise ConfigError(
+                f"{flags} cannot change when resuming {run_dir}: a resumed run continues as it was configured. "
+                f"Allowed with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)}. To train "
+                f"from this checkpoint with other settings, start a new run: mixerlab train --pretrained "
+                f"{run_dir} --out NEW_FOLDER {flags} ...")
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        cfg = TrainConfig.from_dict({**ckpt["train_config"], **(resume_overrides or {}), "out": str(run_dir)})
+        return cfg, run_dir, ckpt
+    if cfg is None:
+        raise ValueError("train() needs a TrainConfig or a run folder to resume")
+    run_dir = Path(cfg.out)
+    if (run_dir / "last.pt").exists():
+        raise TrainingError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                            f"or choose another --out")
+    check_writable_dir(run_dir)
+    return cfg, run_dir, None
+
+
+def check_writable_dir(run_dir: Path) -> None:
+    """Fail before any data is loaded when the run folder cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir}: is a file, not a folder; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as e:
+        raise TrainingError(f"--out {run_dir}: cannot write there ({e.strerror or e}); choose another --out") from None
+
+
+def resume_command(run_dir: Path, world: int) -> str:
+    """The command that continues a stopped run: the same launcher, with --resume."""
+    how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
+    return f"{how} --resume {run_dir}"

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +27,14 @@ from tqdm import tqdm
 
 from ..data.datasets import load_dataset
 from ..data.transforms import BatchAugment
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RESUMABLE, TrainConfig
+from .checkpoint import open_run, resume_command, save_checkpoint
+from .config import TrainConfig
 from .report import plot_confusion, plot_curves, write_report
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import step_seed, train_step
@@ -289,43 +288,6 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
         atomic_write_json(run.run_dir / "best_eval.json", ev)
 
 
-def open_run(cfg: TrainConfig | None, resume: str | None,
-             resume_overrides: dict[str, Any] | None) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """(config, run folder, checkpoint to resume from or None) for a new run or a resumed one."""
-    if resume:
-        run_dir = Path(resume)
-        refused = sorted(set(resume_overrides or {}) - set(RESUMABLE))
-        if refused:
-            flags = ", ".join("--model-arg" if k == "model_args" else "--" + k.replace("_", "-") for k in refused)
-            raise ConfigError(
-                f"{flags} cannot change when resuming {run_dir}: a resumed run continues as it was configured. "
-                f"Allowed with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)}. To train "
-                f"from this checkpoint with other settings, start a new run: mixerlab train --pretrained "
-                f"{run_dir} --out NEW_FOLDER {flags} ...")
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        cfg = TrainConfig.from_dict({**ckpt["train_config"], **(resume_overrides or {}), "out": str(run_dir)})
-        return cfg, run_dir, ckpt
-    if cfg is None:
-        raise ValueError("train() needs a TrainConfig or a run folder to resume")
-    run_dir = Path(cfg.out)
-    if (run_dir / "last.pt").exists():
-        raise TrainingError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
-                            f"or choose another --out")
-    check_writable_dir(run_dir)
-    return cfg, run_dir, None
-
-
-def check_writable_dir(run_dir: Path) -> None:
-    """Fail before any data is loaded when the run folder cannot be written."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"--out {run_dir}: is a file, not a folder; choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=run_dir).close()
-    except OSError as e:
-        raise TrainingError(f"--out {run_dir}: cannot write there ({e.strerror or e}); choose another --out") from None
-
-
 def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_steps: int | None = None,
           resume_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a new training (`cfg`) or resume the run in folder `resume` with its saved config, changing
@@ -371,12 +333,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: di
         return {"stopped": True, "run_dir": str(run_dir),
                 "resume_command": resume_command(run_dir, ctx.world_size) if run.is_main else None}
     return summary
-
-
-def resume_command(run_dir: Path, world: int) -> str:
-    """The command that continues a stopped run: the same launcher, with --resume."""
-    how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
-    return f"{how} --resume {run_dir}"
 
 
 def finish_run(run: Run) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import serialization
 from ..models.config import MixerConfig, ViTConfig, config_from_dict
 from ..models.layers import to_2tuple
@@ -124,9 +124,11 @@ def load_state_and_config(
     `num_heads` is needed only for a ViT whose file holds no config that says it."""
     path = resolve_source(src)
     fmt = detect_format(path)
+    preprocess = None
     if fmt == "timm-dir":
         timm_config = json.loads((path / serialization.CONFIG_NAME).read_text())
         num_heads = num_heads or timm.heads_from_timm_config(timm_config)
+        preprocess = timm.preprocess_from_timm_config(timm_config)
         path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
     if fmt == "run-dir":
         path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
@@ -140,12 +142,20 @@ def load_state_and_config(
         sd, config = serialization.read_saved_model(path)
     elif fmt == "safetensors":
         sd, meta = serialization.read_safetensors(path)
-        if serialization.CONFIG_METADATA_KEY in meta:
+        # In a timm repo folder timm's config.json governs, as it does when timm loads the folder.
+        if serialization.CONFIG_METADATA_KEY in meta and preprocess is None:
             config = json.loads(meta[serialization.CONFIG_METADATA_KEY])
     else:
         sd, config = _unwrap_state_dict(_torch_load(path), str(path))
     if config is None:
-        return sd, timm.config_from_state_dict(sd, str(path), num_heads), "timm", None
+        if preprocess is None:
+            log.info("%s: a timm state dict does not say its preprocessing; assumed Google's (mean 0.5, std 0.5, "
+                     "bicubic, crop 0.875). Pass mean=/std= (--mean/--std) for other weights: timm's miil weights "
+                     "take mean 0, std 1", path)
+        try:
+            return sd, timm.config_from_state_dict(sd, str(path), num_heads, preprocess), "timm", None
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: bad preprocessing in its timm config: {e}") from None
     config = dict(config)
     names = config.pop("class_names", None)
     try:

@@ -3,8 +3,10 @@ way in (from the shapes) and nothing renamed on the way out."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,10 +35,20 @@ def heads_from_timm_config(timm_config: dict) -> int | None:
     return next((h for family, h in VIT_HEADS.items() if arch.startswith(family + "_")), None)
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], src: str,
-                           num_heads: int | None = None) -> MixerConfig | ViTConfig:
+def preprocess_from_timm_config(timm_config: dict) -> dict[str, Any]:
+    """mean, std, interpolation and crop_pct from a timm `config.json`'s pretrained_cfg (timm's miil
+    weights, for one, take mean 0 and std 1 where Google's take 0.5 and 0.5)."""
+    pcfg = timm_config.get("pretrained_cfg") or {}
+    out = {k: pcfg[k] for k in ("mean", "std", "interpolation", "crop_pct") if pcfg.get(k) is not None}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], src: str, num_heads: int | None = None,
+                           preprocess: dict[str, Any] | None = None) -> MixerConfig | ViTConfig:
     """Config of a timm-named state dict (timm's mlp_mixer or vision_transformer) from its shapes. A ViT
-    also needs `num_heads`, which the shapes do not hold."""
+    also needs `num_heads`, which the shapes do not hold. `preprocess` is the weights' preprocessing
+    (a timm config.json's); without it, the paper sizes' defaults (Google's: mean 0.5, std 0.5) are used."""
+    pre = dict(preprocess or {})
 
     def shape(k: str) -> tuple[int, ...]:
         if k not in sd:
@@ -54,7 +66,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], src: str,
             raise CheckpointError(f"{src}: {s} tokens is not a square grid; pass img_size")
         return MixerConfig(
             img_size=(g * p, g * p), patch_size=p, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=c, tokens_mlp_dim=ds, channels_mlp_dim=dc, depth=depth, act="gelu", init="timm",
+            embed_dim=c, tokens_mlp_dim=ds, channels_mlp_dim=dc, depth=depth, act="gelu", init="timm", **pre,
         )
     if "patch_embed.proj.weight" in sd and "pos_embed" in sd and depth:
         c, in_chans, p, _ = shape("patch_embed.proj.weight")
@@ -69,7 +81,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], src: str,
             )
         return ViTConfig(
             img_size=(g * p, g * p), patch_size=p, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=c, depth=depth, num_heads=num_heads, mlp_dim=mlp,
+            embed_dim=c, depth=depth, num_heads=num_heads, mlp_dim=mlp, **{"crop_pct": 0.9, **pre},
         )
     sample = ", ".join(list(sd)[:4])
     raise CheckpointError(
@@ -79,11 +91,14 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], src: str,
 
 
 def save_timm(model: nn.Module, path: str | os.PathLike) -> None:
-    """A timm state dict (our parameter names are timm's), as .safetensors or torch .pth by suffix."""
+    """A timm state dict (our parameter names are timm's), as .safetensors or torch .pth by suffix. A
+    .safetensors file also carries our config (preprocessing included) in its header metadata, which
+    timm ignores; a .pth file carries the weights alone."""
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda tmp: save_file(sd, tmp))
+        meta = {"mixerlab_config": json.dumps(model.config.to_dict(), sort_keys=True)}
+        atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     else:
         atomic_write(path, lambda tmp: torch.save(sd, tmp))

@@ -77,6 +77,9 @@ class Dataset:
     train: Split
     val: Split
     classes: list[str]
+    # Whether a mirror image is still of the same class: True for the built-in sets where it is
+    # (clothes, photos), False where it is not (digits), None for a folder nobody has said it of.
+    mirror_invariant: bool | None = None
 
     @property
     def in_chans(self) -> int:
@@ -183,7 +186,7 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
             raise DataError(f"{d}: {prefix} has {len(x)} images but {len(y)} labels")
         return Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
 
-    return Dataset(name, split("train"), split("val"), list(classes))
+    return Dataset(name, split("train"), split("val"), list(classes), mirror_invariant=name == "fashion-mnist")
 
 
 # -------------------------------------------------------------------------------------------- CIFAR
@@ -239,7 +242,7 @@ def load_cifar(name: str, data_dir: str | None = None) -> Dataset:
         return Split(torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64))
 
     classes = [c.decode() if isinstance(c, bytes) else c for c in _read_cifar_file(root / meta_file)[names_key]]
-    return Dataset(name, split(train_files), split([test_file]), classes)
+    return Dataset(name, split(train_files), split([test_file]), classes, mirror_invariant=True)
 
 
 # -------------------------------------------------------------------------------------- ImageFolder

@@ -58,6 +58,12 @@ _REGISTRY: dict[str, MixerConfig | ViTConfig] = {
         img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
         embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512, depth=8, **_SMALL_IMAGES,
     ),
+    # The demo's shape: half the depth-wise cost of nano (D_C = 2C, 6 layers) and exact GELU, which
+    # is cheaper than the tanh form in bf16 on CPUs; what `--model auto` trains on small images.
+    "mixer_pico": MixerConfig(
+        img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
+        embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=256, depth=6, act="gelu", **_SMALL_IMAGES,
+    ),
     "mixer_micro": MixerConfig(
         img_size=(28, 28), patch_size=4, in_chans=1, num_classes=10,
         embed_dim=256, tokens_mlp_dim=128, channels_mlp_dim=1024, depth=8, **_SMALL_IMAGES,

@@ -32,9 +32,9 @@ class TrainConfig:
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
     img_size: int | None = None  # resize the data (ImageFolder) or the model (fine-tuning) to this
     val_split: float = 0.1
-    recipe: str = "scratch"
+    recipe: str = "auto"
     # optimisation
-    epochs: int = 10
+    epochs: int | None = None  # None: from the dataset's size (training/auto.py)
     batch_size: int = 128  # per process; the global batch is batch_size * world_size * accum_steps
     accum_steps: int = 1
     optimizer: str = "adamw"  # adamw | sgd | muon (Muon for the hidden matrices, AdamW for the rest)
@@ -44,7 +44,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.05
     schedule: str = "cosine"  # cosine | linear
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # None: a share of the run's steps (training/auto.py)
     clip_grad: float = 1.0
     label_smoothing: float = 0.1
     # regularisation and augmentation
@@ -52,7 +52,7 @@ class TrainConfig:
     randaug_n: int = 0
     randaug_m: int = 9
     crop_pad: int = 2
-    flip: bool = True
+    flip: bool | None = None  # None: on for built-in sets known to be mirror-invariant, else off
     drop_path_rate: float = 0.0  # the model's stochastic depth at the last layer
     drop_rate: float = 0.0  # the model's dropout before the head
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 turns it off

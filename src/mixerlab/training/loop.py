@@ -32,6 +32,7 @@ from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
+from . import auto
 from . import distributed as dist_utils
 from .checkpoint import open_run, resume_command, save_checkpoint
 from .config import TrainConfig
@@ -75,6 +76,7 @@ class Run:
     """One training run, built once: data, model, optimiser, schedule, and where it stands."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: dist_utils.DistContext):
+        given = cfg  # options left to `auto` are filled in once the data is known
         self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, ctx.device
         self.is_main = ctx.rank == 0
         self.precision = pick_precision(cfg.precision, ctx.device)
@@ -94,6 +96,9 @@ class Run:
         if self.steps_per_epoch == 0:
             raise TrainingError(f"{len(self.data.train)} training images is less than one global batch "
                                 f"({cfg.batch_size} x {cfg.accum_steps} accum x {ctx.world_size} processes)")
+        self.cfg = cfg = auto.fill_from_data(cfg, self.data, self.steps_per_epoch)
+        if self.is_main:
+            log.info(auto.describe(given, cfg, self.data, self.steps_per_epoch))
         total = self.steps_per_epoch * cfg.epochs
         warmup = max(min(int(cfg.warmup_epochs * self.steps_per_epoch), total), 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total, warmup))
@@ -320,7 +325,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: di
     run.write_config()
     stopped = False
     with StopFlag(stop_after_steps) as stop:
-        for epoch in range(run.progress.epoch, cfg.epochs):
+        for epoch in range(run.progress.epoch, run.cfg.epochs):
             stats = train_epoch(run, epoch, stop)
             if stats is None:
                 stopped = True

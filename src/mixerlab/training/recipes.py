@@ -13,10 +13,15 @@ from .config import TrainConfig
 # The paper's recipes (Section 3 and Appendix B), scaled to what a 2-core CPU can run. Every value is
 # also a flag and a config-file key.
 RECIPES: dict[str, dict[str, Any]] = {
+    # The default: what `mixerlab train --data X` does with no other flag. Length, warmup and flips
+    # come from the data (auto.py); Muon, because it gets furthest in short runs (docs/results.md).
+    "auto": dict(optimizer="muon", lr=1e-2, weight_decay=0.05, schedule="cosine", clip_grad=1.0,
+                 label_smoothing=0.1, crop_pad=2),
     # Pre-training: Adam(0.9, 0.999), linear warmup then decay, weight decay, clipping at global norm
     # 1, RandAugment, mixup, stochastic depth, label smoothing.
     "scratch": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1.0,
-                    clip_grad=1.0, label_smoothing=0.1, mixup=0.0, randaug_n=0, drop_path_rate=0.0),
+                    clip_grad=1.0, label_smoothing=0.1, mixup=0.0, randaug_n=0, drop_path_rate=0.0, epochs=10,
+                    flip=True, crop_pad=2),
     # The demo: the most Fashion-MNIST accuracy we found for about 10 minutes on 2 CPU cores
     # (docs/results.md). A Mixer with 4x4 patches (49 tokens) and D_C = 2C; exact GELU, because the
     # tanh form costs twice as much in bf16 on CPUs and this model is trained from scratch; random
@@ -29,7 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # head replaced (zero-initialised).
     "finetune": dict(optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, schedule="cosine",
                      warmup_epochs=0.5, clip_grad=1.0, label_smoothing=0.0, mixup=0.0, randaug_n=0,
-                     drop_path_rate=0.0, epochs=5, batch_size=64),
+                     drop_path_rate=0.0, epochs=5, batch_size=64, flip=True),
 }
 
 
@@ -71,9 +76,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def resolve(recipe: str | None = None, file: str | None = None, **flags: Any) -> TrainConfig:
     """Preset, then file, then flags (flags that are None are left to the others). A `recipe:` key in
-    the file picks the preset, else `recipe`, else "scratch"."""
+    the file picks the preset, else `recipe`, else "auto"."""
     from_file = read_config_file(file) if file else {}
-    name = from_file.get("recipe", recipe or "scratch")
+    name = from_file.get("recipe", recipe or "auto")
     if not isinstance(name, str) or name not in RECIPES:
         where = f"{file}: " if "recipe" in from_file else ""
         raise ConfigError(f"{where}unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")

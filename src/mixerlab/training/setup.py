@@ -21,8 +21,8 @@ from .config import TrainConfig
 def auto_model_config(data: Dataset, overrides: dict[str, Any]) -> MixerConfig:
     """A small Mixer for small images, a paper-style S/16 for large ones; the patch divides the image."""
     h, w = data.img_size
-    base = "mixer_nano" if max(h, w) <= 64 else "mixer_s16_224"
-    want = 4 if base == "mixer_nano" else 16
+    base = "mixer_pico" if max(h, w) <= 64 else "mixer_s16_224"
+    want = 4 if base == "mixer_pico" else 16
     patch = next((p for p in range(want, 0, -1) if h % p == 0 and w % p == 0), 1)
     args = dict(img_size=(h, w), patch_size=patch, in_chans=data.in_chans, num_classes=data.num_classes)
     args.update(overrides)

@@ -1,0 +1,53 @@
+"""What the options left to `auto` (None) become once the data is known, and the line that says so.
+
+The default recipe (`auto`) leaves three choices to the data (the measurements behind them are in
+docs/results.md):
+- the length: a budget of optimiser steps, so a small folder trains for many epochs and a large set
+  for few, with a floor of MIN_EPOCHS epochs;
+- the warmup: a share of those steps;
+- mirror flips: on for the built-in sets known to keep their class in a mirror (Fashion-MNIST,
+  CIFAR), off for everything else, since a mirrored digit, letter, arrow or X-ray can be another
+  class. `--flip` turns them on for a folder.
+The values are written into the run's config, so a resumed run keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..data.datasets import Dataset
+from .config import TrainConfig
+
+STEP_BUDGET = 2000
+MIN_EPOCHS = 5
+MAX_EPOCHS = 300
+WARMUP_SHARE = 0.05
+
+
+def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> TrainConfig:
+    """`cfg` with epochs, warmup_epochs and flip chosen for `data` where they are None."""
+    epochs = cfg.epochs
+    if epochs is None:
+        epochs = min(max(math.ceil(STEP_BUDGET / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * epochs
+    flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True
+    return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=warmup, flip=flip)
+
+
+def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> str:
+    """The run's first log line: length, warmup and augmentation, and why where the data chose."""
+    total = cfg.epochs * steps_per_epoch
+    parts = [f"{cfg.epochs} epochs of {steps_per_epoch} steps ({total:,} steps"
+             + (f", the budget for {len(data.train):,} training images)" if given.epochs is None else ")"),
+             f"warmup {round(cfg.warmup_epochs * steps_per_epoch):,} steps"]
+    if given.flip is None:
+        why = ("a built-in set whose mirror images keep their class" if cfg.flip else
+               "a mirror image may be another class here; --flip turns them on")
+        parts.append(f"mirror flips {'on' if cfg.flip else 'off'} ({why})")
+    else:
+        parts.append(f"mirror flips {'on' if cfg.flip else 'off'}")
+    parts.append(f"crops of +-{cfg.crop_pad} px" if cfg.crop_pad else "no crops")
+    parts.append(f"RandAugment {cfg.randaug_n} ops at {cfg.randaug_m}" if cfg.randaug_n else "no RandAugment")
+    parts.append(f"mixup {cfg.mixup}" if cfg.mixup else "no mixup")
+    return f"recipe {cfg.recipe}: " + "; ".join(parts)

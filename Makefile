@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean help
+.PHONY: demo test lint bench browser clean help
 
 help:
 	@echo "make demo   - create .venv, install, train on Fashion-MNIST, evaluate and write a report"
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: lint
+test: lint browser
 	$(PY) -m pytest -q
+
+# The serving page is tested in Debian's chromium (driven by Playwright); install it where apt is usable.
+browser:
+	@[ -x /usr/bin/chromium ] || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)) \
+	  >/dev/null || echo "could not install chromium: the browser test will say so"
 
 demo: $(STAMP)
 	bash scripts/demo.sh

@@ -44,7 +44,7 @@ def predict_files(model: nn.Module, files: list[Path], topk: int = 5, device: st
         raise ValueError(f"topk must be at least 1, got {topk}")
     cfg = model.config
     model.eval().to(device)
-    names = class_names or [str(i) for i in range(cfg.num_classes)]
+    names = class_names or getattr(model, "class_names", None) or [str(i) for i in range(cfg.num_classes)]
     results = []
     for f in files:
         try:

@@ -57,6 +57,11 @@ class _Config:
         gh, gw = self.grid_size
         return gh * gw
 
+    def preprocess(self) -> dict[str, Any]:
+        """What an image goes through before the model: the fields timm calls its `pretrained_cfg`."""
+        return {"mean": list(self.mean), "std": list(self.std), "input_size": [self.in_chans, *self.img_size],  # type: ignore[attr-defined]
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
     @classmethod
     def check_overrides(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Some options (`--model-arg`s, say) checked one by one, before any model is built."""

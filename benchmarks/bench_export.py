@@ -1,0 +1,96 @@
+"""Exported models side by side in one run: ONNX Runtime fp32 and int8 against optimize_for_inference
+and eager PyTorch, for Mixer-B/16 (random weights: speed does not depend on them) and a trained small
+model; and the int8 accuracy change on Fashion-MNIST for a trained run.
+
+    .venv/bin/python benchmarks/bench_export.py [--run runs/demo] [--batches 1 8 32] [--out runs/bench-export]
+
+ONNX Runtime runs with intra_op_num_threads = the number of cores and its default sequential
+execution, the setting its docs recommend for one model on one machine. Prints img/s and the ratios,
+writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import mixerlab
+from mixerlab.export.onnx import export_onnx
+from mixerlab.export.quantize import quantize_onnx
+from mixerlab.export.runtime import load_exported
+from mixerlab.perf.bench import inference_throughput
+from mixerlab.perf.timing import machine_info
+
+
+def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], compile_: bool) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = out / f"{name}.onnx", out / f"{name}-int8.onnx"
+    if not fp32.exists():
+        export_onnx(model, fp32, name)
+    if not int8.exists():
+        quantize_onnx(fp32, int8, "dynamic")
+    threads = os.cpu_count()
+    runners = {"onnxruntime fp32": load_exported(fp32, threads), "onnxruntime int8": load_exported(int8, threads),
+               "eager fp32": model}
+    rows = []
+    cfg = model.config
+    dev = torch.device("cpu")
+    for b in batches:
+        x = torch.randn(b, cfg.in_chans, *cfg.img_size)
+        timing = dict(warmup=2, iters=3, repeats=3) if b > 1 else dict(warmup=3, iters=10, repeats=3)
+        res = {k: inference_throughput(m, x, dev, **timing) for k, m in runners.items()}
+        if compile_:
+            for dtype, label in ((torch.float32, "optimize_for_inference fp32"),
+                                 (torch.bfloat16, "optimize_for_inference bf16")):
+                fast = mixerlab.optimize_for_inference(model, dtype, example=x)
+                res[label] = inference_throughput(fast, x, dev, **timing)
+        for k, v in res.items():
+            rows.append({"model": name, "batch": b, "runtime": k, "img_s": v})
+            print(f"{name:<14} batch {b:>3}  {k:<30} {v:9.1f} img/s  ({v / res['onnxruntime fp32']:.2f}x ORT fp32)",
+                  flush=True)
+    return rows
+
+
+def accuracy(run: str, out: Path) -> dict:
+    """Test top-1 of the run in PyTorch, as ONNX fp32 and as ONNX int8 (mixerlab eval on each)."""
+    res = {}
+    exports = {"onnx fp32": (out / "run.onnx", []), "onnx int8": (out / "run-int8.onnx", ["--int8"])}
+    for label, src in (("pytorch", run), *((k, str(v[0])) for k, v in exports.items())):
+        if label in exports and not Path(src).exists():
+            subprocess.run([sys.executable, "-m", "mixerlab", "export", run, src, *exports[label][1]], check=True)
+        ev = out / f"eval-{label.replace(' ', '-')}"
+        subprocess.run([sys.executable, "-m", "mixerlab", "eval", src, "--data", "fashion-mnist", "--out", str(ev)],
+                       check=True, capture_output=True)
+        res[label] = json.loads((ev / "eval.json").read_text())["top1"]
+        print(f"Fashion-MNIST test top-1, {label:<10} {100 * res[label]:.2f}%", flush=True)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/demo", help="a trained run for the accuracy check (make demo)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--out", default="runs/bench-export")
+    p.add_argument("--no-compile", action="store_true", help="skip optimize_for_inference (compiles take minutes)")
+    args = p.parse_args()
+    out = Path(args.out)
+    mixerlab.tune_cpu_allocator()
+    results = {"machine": machine_info(), "rows": []}
+    if Path(args.run).exists():
+        results["accuracy"] = accuracy(args.run, out)
+        small = mixerlab.from_pretrained(args.run).eval()
+        results["rows"] += speeds("demo", small, out, args.batches, not args.no_compile)
+    b16 = mixerlab.create_model("mixer_b16_224").eval()
+    torch.nn.init.normal_(b16.head.weight, std=0.01)
+    results["rows"] += speeds("mixer_b16_224", b16, out, args.batches, not args.no_compile)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

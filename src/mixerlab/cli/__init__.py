@@ -1,0 +1,66 @@
+"""The `mixerlab` command line. Each subcommand is a (register, run) pair; heavy imports happen inside
+`run`, so `mixerlab --help` stays fast. New subcommands are added to COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ..errors import MixerlabError
+from .bench import add_bench, run_bench
+from .export import add_export, run_export
+from .inference import add_eval, add_predict, run_eval, run_predict
+from .models import add_convert, add_info, run_convert, run_info
+from .serve import add_serve, run_serve
+from .train import add_train, run_train
+from .viz import add_viz, run_viz
+
+# ----------------------------------------------------------------------------------------- table
+
+COMMANDS: list[tuple[str, str, Callable, Callable]] = [
+    ("info", "list models, or describe one model or checkpoint", add_info, run_info),
+    ("convert", "convert weights between mixerlab, timm and official formats", add_convert, run_convert),
+    ("train", "train from scratch or fine-tune (torchrun for several processes)", add_train, run_train),
+    ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", add_eval, run_eval),
+    ("predict", "classify image files", add_predict, run_predict),
+    ("export", "write an ONNX (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",
+     add_export, run_export),
+    ("serve", "an HTTP inference server with dynamic batching (FastAPI on uvicorn, or Ray Serve)",
+     add_serve, run_serve),
+    ("viz", "draw what a Mixer learned: token-mixing units and stem filters (paper Figures 5-7)", add_viz, run_viz),
+    ("bench", "inference and training throughput, Mixer beside ViT, and scaling with resolution",
+     add_bench, run_bench),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixerlab", description="MLP-Mixer in PyTorch: models, weights, training, benchmarks."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args._run(args) or 0)
+    except (MixerlabError, ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        print(f"mixerlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,33 @@
+"""`mixerlab bench`: throughput, Mixer beside ViT."""
+
+from __future__ import annotations
+
+import argparse
+
+
+# ----------------------------------------------------------------------------------------- bench
+def add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="mixerlab models to compare (default: S/16 and B/16 Mixers and ViTs, plus timm's)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--resolutions", type=int, nargs="+", default=[112, 224, 448])
+    p.add_argument("--scale-models", nargs="+", default=["mixer_b16_224", "vit_b16_224"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..perf.bench import run_default
+    from ..perf.runtime import pick_device
+
+    models = [(m, "mixerlab") for m in args.models] if args.models else None
+    res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
+                      tuple(args.resolutions), tuple(args.scale_models), tuple(args.precisions))
+    for name, slope in res["loglog_slope"].items():
+        print(f"log-log slope of time against patches, {name}: {slope:.2f}")
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0

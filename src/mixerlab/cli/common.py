@@ -1,0 +1,36 @@
+"""Argument helpers the subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="input mean per channel, for weights that do not say theirs (a bare timm state dict)")
+    p.add_argument("--std", type=float, nargs="+", metavar="S", help="input std per channel (see --mean)")
+
+
+def preprocess_overrides(args: argparse.Namespace) -> dict:
+    return {k: tuple(getattr(args, k)) for k in ("mean", "std") if getattr(args, k)}
+
+
+def load_for_inference(src: str, args: argparse.Namespace):
+    """A PyTorch model from any checkpoint, or an exported .onnx/.pt2 file behind the same interface."""
+    from ..export.runtime import is_exported, load_exported
+    from ..weights.load import from_pretrained
+
+    if is_exported(src):
+        return load_exported(src)
+    return from_pretrained(src, **preprocess_overrides(args))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused with a message naming the value otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
+    return value

@@ -1,0 +1,71 @@
+"""`mixerlab export`: ONNX (fp32, int8) and AOTInductor files."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_preprocess, positive_int, preprocess_overrides
+
+
+# ---------------------------------------------------------------------------------------- export
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="anything from_pretrained reads: a run folder, official npz, timm file, ...")
+    p.add_argument("out", help="the file to write: OUT.onnx or OUT.pt2")
+    p.add_argument("--format", choices=["onnx", "pt2"], help="default: from OUT's suffix")
+    p.add_argument("--int8", nargs="?", const="dynamic", choices=["dynamic", "static"],
+                   help="int8 Linear layers (ONNX only): dynamic (default) or static, calibrated on --data")
+    p.add_argument("--data", help="calibration images for --int8 static: a dataset name or image folder")
+    p.add_argument("--data-dir")
+    p.add_argument("--calibration-images", type=positive_int, default=256)
+    add_preprocess(p)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from ..export.onnx import ExportError, export_onnx
+    from ..weights.load import from_pretrained
+
+    out = Path(args.out)
+    fmt = args.format or out.suffix.lstrip(".")
+    if fmt not in ("onnx", "pt2") or out.suffix != f".{fmt}":
+        raise ExportError(f"{out}: write an ONNX export to a .onnx file and a compiled one to a .pt2 file")
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; give the file to write")
+    if args.int8 and fmt != "onnx":
+        raise ExportError("--int8 is for ONNX exports (ONNX Runtime's int8 kernels); use OUT.onnx")
+    model = from_pretrained(args.src, **preprocess_overrides(args)).eval()
+    if fmt == "pt2":
+        from ..export.aoti import export_pt2
+
+        report = export_pt2(model, out, str(args.src))
+    elif not args.int8:
+        report = export_onnx(model, out, str(args.src))
+    else:
+        from ..export.quantize import quantize_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", str(args.src))
+            calib = _calibration(model, args) if args.int8 == "static" else None
+            report = {**quantize_onnx(fp32["path"], out, args.int8, calib), "fp32_check": fp32}
+    print(f"wrote {out} ({report['format']}, {report['dtype']})")
+    err = report.get("max_abs_logit_error", report.get("fp32_check", {}).get("max_abs_logit_error"))
+    print(f"checked: max abs logit difference against PyTorch on a batch of 7: {err:.2e}"
+          + (" (the fp32 graph, before int8)" if args.int8 else ""))
+    return 0
+
+
+def _calibration(model, args: argparse.Namespace):
+    """Batches of normalised float32 images from --data for static int8 calibration."""
+    import torch
+
+    from ..data.datasets import load_dataset
+    from ..data.transforms import prepare
+    from ..export.onnx import ExportError
+
+    if not args.data:
+        raise ExportError("--int8 static needs calibration images: pass --data (a dataset name or image folder)")
+    images = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size)).train.images
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.calibration_images]]
+    return [prepare(b, model, torch.device("cpu")).numpy() for b in images.split(32)]

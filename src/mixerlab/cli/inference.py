@@ -1,0 +1,88 @@
+"""`mixerlab eval` and `mixerlab predict`, for checkpoints and exported files alike."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_preprocess, load_for_inference, positive_int
+
+
+# ------------------------------------------------------------------------------------ eval/predict
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name or ImageFolder path")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
+    add_preprocess(p)
+    p.add_argument("--map-by-index", action="store_true",
+                   help="score class i of the data as class i of the model even when their names differ")
+    p.add_argument("--tta", action="store_true",
+                   help="also average each image with its mirror (flip test-time augmentation); the "
+                        "results go to eval_tta.json beside eval.json")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data.datasets import load_dataset
+    from ..evaluate import check_classes, evaluate
+    from ..io_utils import atomic_write_json
+    from ..perf.runtime import pick_device
+    from ..training.report import plot_confusion
+
+    model = load_for_inference(args.src, args)
+    size = tuple(model.config.img_size)
+    data = load_dataset(args.data, args.data_dir, img_size=size)
+    check_classes(model, data.classes, args.src, args.data, args.map_by_index)
+    device = pick_device(args.device)
+    model.to(device)
+    res = evaluate(model, getattr(data, args.split), data.num_classes, device, args.batch_size,
+                   args.precision, progress=True, tta=args.tta)
+    out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    names = getattr(model, "class_names", None) or data.classes
+    res["per_class"] = dict(zip(names, res["per_class"]))
+    res.update({"source": str(args.src), "data": args.data, "split": args.split})
+    stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
+    atomic_write_json(out / f"{stem}.json", res)
+    plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
+    print(f"top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
+          f"({res['count']} images{', flip TTA' if args.tta else ''})")
+    for c, a in res["per_class"].items():
+        print(f"  {c:<20} {100 * a:6.2f}%")
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}_confusion.png'}")
+    return 0
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (at least 1)")
+    add_preprocess(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..perf.runtime import pick_device
+    from ..predict import list_image_files, predict_files
+
+    model = load_for_inference(args.src, args)
+    files = list_image_files(args.images)
+    results = predict_files(model, files, args.topk, str(pick_device(args.device)),
+                            getattr(model, "class_names", None))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: {r['error']}")
+                continue
+            top = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{r['file']}: {top}")
+    return 1 if any("error" in r for r in results) else 0

@@ -1,0 +1,83 @@
+"""`mixerlab info` and `mixerlab convert`: models, checkpoints and their formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import MixerlabError
+
+
+# ------------------------------------------------------------------------------------------ info
+def add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="a model name or checkpoint path; all models when omitted")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..models.flops import count_macs, count_params
+    from ..models.registry import create_model as create_random_model
+    from ..models.registry import list_models
+    from ..weights.load import from_pretrained
+
+    def describe(name: str, model) -> dict:
+        cfg = model.config
+        return {
+            "name": name, "arch": cfg.arch, "params": count_params(model),
+            "gmacs": round(count_macs(model) / 1e9, 3), "img_size": list(cfg.img_size),
+            "patch_size": cfg.patch_size, "num_patches": cfg.num_patches, "config": cfg.to_dict(),
+        }
+
+    if args.name is None:
+        import torch
+
+        rows = []
+        for n in list_models():
+            with torch.device("meta"):  # no memory, no init time: shapes are all we need
+                rows.append(describe(n, create_random_model(n)))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'model':<16} {'params':>14} {'GMACs':>8} {'img':>9} {'patch':>5} {'tokens':>6}")
+        for r in rows:
+            size = "x".join(map(str, r["img_size"]))
+            print(f"{r['name']:<16} {r['params']:>14,} {r['gmacs']:>8.2f} {size:>9} "
+                  f"{r['patch_size']:>5} {r['num_patches']:>6}")
+        return 0
+    model = create_random_model(args.name) if args.name in list_models() else from_pretrained(args.name)
+    info = describe(args.name, model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{info['name']}: {info['arch']}, {info['params']:,} parameters, {info['gmacs']} GMACs/image")
+        for k, v in info["config"].items():
+            print(f"  {k:<18} {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- convert
+def add_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="any checkpoint from_pretrained reads (npz, timm .pth/.safetensors, folder)")
+    p.add_argument("dst", help="output: a folder (mixerlab), a .pth/.safetensors file (timm) or a .npz")
+    p.add_argument("--to", choices=["mixerlab", "timm", "official"], required=True)
+    p.add_argument("--img-size", type=int, nargs="+", help="also resize the token mixing to this size")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..models.serialization import save_pretrained
+    from ..weights.load import from_pretrained
+    from ..weights.official import save_official
+    from ..weights.timm import save_timm
+
+    size = tuple(args.img_size) if args.img_size else None
+    model = from_pretrained(args.src, img_size=size[0] if size and len(size) == 1 else size)
+    if args.to == "mixerlab":
+        save_pretrained(model, args.dst)
+    elif args.to == "timm":
+        save_timm(model, args.dst)
+    else:
+        if model.config.arch != "mixer":
+            raise MixerlabError("only MLP-Mixer models have an official npz layout")
+        save_official(model, args.dst)
+    print(f"wrote {args.dst} ({args.to})")
+    return 0

@@ -1,0 +1,77 @@
+"""`mixerlab train`: every TrainConfig field is a flag."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+# ----------------------------------------------------------------------------------------- train
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+    import typing
+
+    from ..training.config import CHOICES, RENAMED, TrainConfig
+    from ..training.recipes import RECIPES
+
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="preset: auto (the default: length, warmup and flips from the data), scratch (paper "
+                        "pre-training), finetune (paper fine-tuning), demo")
+    p.add_argument("--config", help="YAML, TOML or JSON file of training options (flags win over it)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. --model-arg depth=6 (repeatable)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("recipe", "model_args"):
+            continue
+        # the old names of renamed options stay as aliases
+        flags = ["--" + n.replace("_", "-") for n in [f.name] + [o for o, r in RENAMED.items() if r == f.name]]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        if kind is bool:
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, tuple):
+            p.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=None)
+        elif kind in (int, float):
+            p.add_argument(*flags, dest=f.name, type=kind, default=None,
+                           help=f"default {'from the data' if default is None else default}")
+        else:
+            p.add_argument(*flags, dest=f.name, default=None, choices=CHOICES.get(f.name),
+                           help=f"default {default}" if default is not None else None)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..training.config import TrainConfig
+    from ..training.loop import train
+    from ..training.recipes import resolve
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in ("recipe", "model_args")}
+    if args.model_arg:
+        pairs = [kv.split("=", 1) for kv in args.model_arg]
+        if any(len(kv) != 2 for kv in pairs):
+            raise ValueError("--model-arg takes KEY=VALUE")
+        flags["model_args"] = {k.replace("-", "_"): _parse_value(v) for k, v in pairs}
+    if args.resume:
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        overrides.update({k: True for k in ("recipe", "config") if getattr(args, k)})  # refused by train()
+        summary = train(resume=args.resume, resume_overrides=overrides)
+    else:
+        summary = train(resolve(args.recipe, args.config, **flags))
+    if summary.get("stopped"):
+        if summary["resume_command"]:
+            print(f"stopped; resume with: {summary['resume_command']}")
+        return 130
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -346,3 +346,14 @@ def test_preprocessing_round_trips_through_every_format_that_can_carry_it(tmp_pa
     assert (given.config.mean, given.config.std) == ((0.1, 0.2, 0.3), (0.9, 0.8, 0.7))
     with pytest.raises(mixerlab.ConfigError, match="'mean': \\[0.1, 0.2\\] has 2 values; give 1 or in_chans = 3"):
         mixerlab.from_pretrained(tmp_path / "m", mean=(0.1, 0.2))
+
+
+def test_a_config_saved_before_preprocessing_existed_keeps_the_old_resize(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for k in ("mean", "std", "interpolation", "crop_pct"):
+        del cfg[k]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    old = mixerlab.MlpMixer.from_pretrained(tmp_path / "m").config
+    assert (old.mean, old.std, old.interpolation, old.crop_pct) == ((0.5,), (0.5,), "bilinear", 1.0)

@@ -41,6 +41,10 @@ class _Config:
         if arch != cls.arch:
             raise ConfigError(f"config is for arch {arch!r}, not {cls.arch!r}")
         check_known_keys(cls, d, f"{cls.arch} config")
+        if "crop_pct" not in d and "interpolation" not in d:
+            # Saved before preprocessing was part of the config: mixerlab then resized whole images
+            # (bilinear, no crop); keep doing that for those files.
+            d.update(interpolation="bilinear", crop_pct=1.0)
         return cls(**d)
 
     def replace(self, **overrides: Any) -> _Config:

@@ -16,7 +16,7 @@ LAYERS = [
     ("models", ["mixerlab.models"]),
     ("weights, data, runtime", ["mixerlab.weights", "mixerlab.data", "mixerlab.perf.runtime",
                                 "mixerlab.perf.allocator", "mixerlab.perf.timing", "mixerlab.perf.inference"]),
-    ("tasks", ["mixerlab.training", "mixerlab.evaluate", "mixerlab.predict", "mixerlab.perf.bench",
+    ("tasks", ["mixerlab.training", "mixerlab.evaluate", "mixerlab.predict", "mixerlab.report", "mixerlab.perf.bench",
                "mixerlab.perf", "mixerlab.export", "mixerlab.serve", "mixerlab.viz"]),
     ("cli", ["mixerlab.cli", "mixerlab.__main__"]),
 ]

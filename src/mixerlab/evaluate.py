@@ -43,18 +43,22 @@ def evaluate(
     world_size: int = 1,
     progress: bool = False,
     tta: bool = False,
+    hardest: int = 0,
 ) -> dict[str, Any]:
     """Loss, top-1/top-5 and the confusion matrix over `split`. Under DDP each rank takes every
     world_size-th image and the sums are all-reduced, so every rank returns the full result.
 
     `tta=True` averages the class probabilities of each image and its mirror image (horizontal flip),
-    which is only meaningful for a model trained with flips. It costs a second forward pass."""
+    which is only meaningful for a model trained with flips. It costs a second forward pass.
+    `hardest=N` also returns the N most confident mistakes (index in the split, true and predicted
+    class, confidence), gathered from every rank."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     idx = torch.arange(rank, len(split), world_size)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top5 hits, count
+    mistakes: list[tuple[float, int, int, int]] = []  # (confidence, index, true, predicted)
     batches = idx.split(batch_size)
     if progress:
         from tqdm import tqdm
@@ -74,20 +78,33 @@ def evaluate(
         k = min(5, num_classes)
         sums[1] += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
         sums[2] += len(b)
-        cm += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2).view_as(cm)
+        pred = logits.argmax(1)
+        cm += torch.bincount(y * num_classes + pred, minlength=num_classes**2).view_as(cm)
+        if hardest:
+            wrong = (pred != y).nonzero().flatten()
+            conf = logits.softmax(-1).max(-1).values
+            mistakes += [(conf[i].item(), b[i].item(), y[i].item(), pred[i].item()) for i in wrong.tolist()]
+            mistakes = sorted(mistakes, reverse=True)[:hardest]
     if world_size > 1:
         import torch.distributed as dist
 
         dist.all_reduce(cm)
         dist.all_reduce(sums)
+        if hardest:
+            gathered: list = [None] * world_size
+            dist.all_gather_object(gathered, mistakes)
+            mistakes = sorted((m for part in gathered for m in part), reverse=True)[:hardest]
     model.train(was_training)
     n = max(sums[2].item(), 1)
     per_class = (cm.diag().double() / cm.sum(1).clamp(min=1).double()).tolist()
+    precision_per_class = (cm.diag().double() / cm.sum(0).clamp(min=1).double()).tolist()
     return {
         "loss": sums[0].item() / n,
         "top1": cm.diag().sum().item() / n,
         "top5": sums[1].item() / n,
-        "per_class": per_class,
+        "per_class": per_class,  # accuracy of each true class, which is its recall
+        "precision_per_class": precision_per_class,
+        "hardest": [{"index": i, "true": t, "predicted": p, "confidence": round(c, 6)} for c, i, t, p in mistakes],
         "confusion": cm.cpu().tolist(),
         "count": int(n),
         "tta": "flip" if tta else None,

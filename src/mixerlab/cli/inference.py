@@ -33,7 +33,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import check_classes, evaluate
     from ..io_utils import atomic_write_json
     from ..perf.runtime import pick_device
-    from ..training.report import plot_confusion
+    from ..report import plot_confusion
 
     model = load_for_inference(args.src, args)
     size = tuple(model.config.img_size)

@@ -32,11 +32,11 @@ from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
+from ..report import plot_confusion, plot_curves, write_report
 from . import auto
 from . import distributed as dist_utils
 from .checkpoint import open_run, resume_command, save_checkpoint
 from .config import TrainConfig
-from .report import plot_confusion, plot_curves, write_report
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import step_seed, train_step
 

@@ -1,6 +1,7 @@
 """`mixerlab viz`: the structure behind the figures, checked on weights built to have it."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +102,57 @@ def test_viz_refuses_a_vit_and_bad_blocks(tmp_path, capsys):
     mixerlab.create_model("mixer_pico").save_pretrained(tmp_path / "m")
     assert cli(["viz", str(tmp_path / "m"), "--out", str(tmp_path / "v"), "--blocks", "9"]) == 2
     assert "--blocks [9]: the model has blocks 0..5" in capsys.readouterr().err
+
+
+def test_the_run_report_and_the_eval_report(tmp_path):
+    from html.parser import HTMLParser
+
+    from mixerlab.training.loop import train
+
+    from .test_train import make_image_folder, tiny_cfg
+
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=2))
+    run = tmp_path / "run"
+    md = (run / "report.md").read_text()
+    assert "| class | images | accuracy (recall) | precision |" in md and "| circle | 6 |" in md
+    for f in ("token_mixing_block0_first64.png", "confusion.png"):
+        assert f"]({f})" in md and (run / f).is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert ("](hardest.png)" in md) == (summary["final_val_top1"] < 1)
+    assert ("No image was misclassified" in md) == (summary["final_val_top1"] == 1)
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("img", "script", "link"):
+                self.srcs.append(dict(attrs).get("src") or dict(attrs).get("href") or "")
+
+    parser = Images()
+    html = (run / "report.html").read_text()
+    parser.feed(html)
+    assert len(parser.srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in parser.srcs)  # offline
+    assert cli(["eval", str(run), "--data", str(root), "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(ev["precision_per_class"]) == {"circle", "square", "stripe"}
+    assert all(set(h) == {"index", "true", "predicted", "confidence"} for h in ev["hardest"])
+    assert "Most confident mistakes" in (tmp_path / "ev" / "eval_report.md").read_text()
+    assert (tmp_path / "ev" / "eval_report.html").stat().st_size > 1000
+    chromium = "/usr/bin/chromium"
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(chromium):
+        pytest.skip("no chromium to render the report in")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto((run / "report.html").as_uri())
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+            assert widths and all(w > 0 for w in widths)  # every embedded image decodes
+        finally:
+            browser.close()

@@ -33,7 +33,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import check_classes, evaluate
     from ..io_utils import atomic_write_json
     from ..perf.runtime import pick_device
-    from ..report import plot_confusion
 
     model = load_for_inference(args.src, args)
     size = tuple(model.config.img_size)
@@ -41,22 +40,41 @@ def run_eval(args: argparse.Namespace) -> int:
     check_classes(model, data.classes, args.src, args.data, args.map_by_index)
     device = pick_device(args.device)
     model.to(device)
-    res = evaluate(model, getattr(data, args.split), data.num_classes, device, args.batch_size,
-                   args.precision, progress=True, tta=args.tta)
+    split = getattr(data, args.split)
+    res = evaluate(model, split, data.num_classes, device, args.batch_size, args.precision, progress=True,
+                   tta=args.tta, hardest=16)
     out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
     out.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "class_names", None) or data.classes
-    res["per_class"] = dict(zip(names, res["per_class"]))
-    res.update({"source": str(args.src), "data": args.data, "split": args.split})
     stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
+    report = write_eval_report(model, res, split, names, out, stem, f"{args.src} on {args.data} ({args.split})")
+    res["per_class"] = dict(zip(names, res["per_class"]))
+    res["precision_per_class"] = dict(zip(names, res["precision_per_class"]))
+    res.update({"source": str(args.src), "data": args.data, "split": args.split})
     atomic_write_json(out / f"{stem}.json", res)
-    plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
     print(f"top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"({res['count']} images{', flip TTA' if args.tta else ''})")
     for c, a in res["per_class"].items():
-        print(f"  {c:<20} {100 * a:6.2f}%")
-    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}_confusion.png'}")
+        print(f"  {c:<20} {100 * a:6.2f}%  precision {100 * res['precision_per_class'][c]:6.2f}%")
+    print(f"wrote {out / f'{stem}.json'}, {out / f'{stem}_confusion.png'} and {report}")
     return 0
+
+
+def write_eval_report(model, res: dict, split, names: list[str], out, stem: str, title: str):
+    """{stem}_report.md and .html: per-class precision and recall, confusion, hardest images, and the
+    first block's token mixing for a PyTorch Mixer."""
+    from ..report import Document, add_evaluation, plot_confusion, plot_hardest
+    from ..viz.figures import token_mixing_figure
+
+    plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
+    plot_hardest(split.images, res["hardest"], names, out / f"{stem}_hardest.png")
+    if model.config.arch == "mixer" and hasattr(model, "blocks"):  # not an exported file
+        token_mixing_figure(model, 0, out)
+    doc = Document(f"Evaluation: {title}")
+    doc.para(f"top-1 **{100 * res['top1']:.2f}%**, top-5 {100 * res['top5']:.2f}%, loss {res['loss']:.4f}, "
+             f"{res['count']} images" + (", flip TTA" if res["tta"] else ""))
+    add_evaluation(doc, res, names, out, f"{stem}_")
+    return doc.write(out, f"{stem}_report")[1]
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:

@@ -32,7 +32,8 @@ from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
-from ..report import plot_confusion, plot_curves, write_report
+from ..report import plot_confusion, plot_curves, plot_hardest, write_report
+from ..viz.figures import token_mixing_figure
 from . import auto
 from . import distributed as dist_utils
 from .checkpoint import open_run, resume_command, save_checkpoint
@@ -352,7 +353,13 @@ def finish_run(run: Run) -> dict[str, Any]:
     atomic_write_json(run.run_dir / "summary.json", summary)
     plot_curves(p.metrics, run.run_dir)
     plot_confusion(best["confusion"], run.data.classes, run.run_dir / "confusion.png")
-    write_report(run.run_dir, summary, p.metrics, best["per_class"], run.data.classes)
+    # The hardest images of the final model: one more pass over the validation set on this process.
+    final = evaluate(run.eval_model, run.data.val, run.data.num_classes, run.device, run.cfg.eval_batch_size,
+                     run.precision, hardest=16)
+    plot_hardest(run.data.val.images, final["hardest"], run.data.classes, run.run_dir / "hardest.png")
+    if run.model.config.arch == "mixer":
+        token_mixing_figure(run.eval_model, 0, run.run_dir)
+    write_report(run.run_dir, summary, p.metrics, best, run.data.classes)
     log.info("done: best top-1 %.2f%% at epoch %d; report in %s", 100 * best["top1"], p.best_epoch,
              run.run_dir / "report.md")
     return summary

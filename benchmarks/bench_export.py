@@ -48,6 +48,7 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
         if compile_:
             for dtype, label in ((torch.float32, "optimize_for_inference fp32"),
                                  (torch.bfloat16, "optimize_for_inference bf16")):
+                torch._dynamo.reset()  # each call compiles afresh: stay under dynamo's recompile limit
                 fast = mixerlab.optimize_for_inference(model, dtype, example=x)
                 res[label] = inference_throughput(fast, x, dev, **timing)
         for k, v in res.items():

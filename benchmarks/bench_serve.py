@@ -171,6 +171,7 @@ def main() -> None:
                 want = [int(model(prepare(eval_image(decode_image(pl, cfg.in_chans), cfg)[None], model,
                                           torch.device("cpu"))).argmax()) for pl in payloads]
                 bomb_path = Path(tmp) / "bomb.png"
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
                 from tests.test_bad_input import make_bomb  # a valid 20000x20000 PNG of a few hundred KB
 
                 res["mixed"] = asyncio.run(mixed(url, payloads, want, args.bad, make_bomb(bomb_path).read_bytes()))

@@ -355,3 +355,16 @@ def test_resume_refuses_any_other_flag_before_anything_runs(tmp_path, capsys, fl
     err = capsys.readouterr().err
     assert f"{named} cannot change when resuming" in err and "--pretrained" in err
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from mixerlab.io_utils import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644

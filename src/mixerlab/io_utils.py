@@ -29,6 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -39,6 +40,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             raise DiskFullError(f"no space left on the disk holding {path.parent} ({free / 2**20:.1f} MiB free) "
                                 f"while writing {path}; {kept}. Free some space and run again.") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_disk_full(e: BaseException) -> bool:

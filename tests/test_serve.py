@@ -217,31 +217,42 @@ def test_an_exported_onnx_file_is_served(model_dir, tmp_path):
     assert [t["class"] for t in got] == [t["class"] for t in want]
 
 
-CHROMIUM = "/usr/bin/chromium"
 
-
-def test_the_page_classifies_an_image_in_a_real_browser(server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing: make test installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} not installed")
+def test_the_page_classifies_an_image_in_a_real_browser(server, tmp_path, browser):
     (tmp_path / "x.png").write_bytes(png(7))
     want = httpx.post(f"{server.url}/v1/predict", content=png(7)).json()["top"][0]["class"]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto(server.url)
-            page.wait_for_selector("#model:has-text('3 classes')")
-            page.set_input_files("#file", str(tmp_path / "x.png"))
-            page.wait_for_selector("#result .row")
-            rows = page.locator("#result .row")
-            assert rows.count() == 3  # the top-5 of a 3-class model
-            assert rows.first.get_attribute("data-cls") == want
-            assert rows.first.locator(".bar").evaluate("e => parseFloat(e.style.width)") > 0
-            page.screenshot(path=str(tmp_path / "page.png"))
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#model:has-text('3 classes')")
+    page.set_input_files("#file", str(tmp_path / "x.png"))
+    page.wait_for_selector("#result .row")
+    rows = page.locator("#result .row")
+    assert rows.count() == 3  # the top-5 of a 3-class model
+    assert rows.first.get_attribute("data-cls") == want
+    assert rows.first.locator(".bar").evaluate("e => parseFloat(e.style.width)") > 0
+    page.screenshot(path=str(tmp_path / "page.png"))
+
+
+def test_the_same_app_deploys_on_a_local_ray_serve(model_dir, monkeypatch, tmp_path):
+    """The documented scale-out: a single-node Ray on this machine, two replicas, loopback HTTP."""
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from mixerlab.serve.ray import deployment
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(deployment(model_dir, replicas=2), name="mixerlab", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/readyz", timeout=30).json() == {"status": "ready"}
+        got = httpx.post(f"{url}/v1/predict?topk=2", content=png(1), timeout=60).json()["top"]
+        (tmp_path / "x.png").write_bytes(png(1))
+        want = predict_files(mixerlab.from_pretrained(model_dir), [tmp_path / "x.png"], topk=2)[0]["top"]
+        assert [t["class"] for t in got] == [t["class"] for t in want]
+        assert httpx.post(f"{url}/v1/predict", content=b"nope", timeout=60).status_code == 415
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,7 +1,6 @@
 """`mixerlab viz`: the structure behind the figures, checked on weights built to have it."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -104,7 +103,7 @@ def test_viz_refuses_a_vit_and_bad_blocks(tmp_path, capsys):
     assert "--blocks [9]: the model has blocks 0..5" in capsys.readouterr().err
 
 
-def test_the_run_report_and_the_eval_report(tmp_path):
+def test_the_run_report_and_the_eval_report(tmp_path, browser):
     from html.parser import HTMLParser
 
     from mixerlab.training.loop import train
@@ -141,18 +140,7 @@ def test_the_run_report_and_the_eval_report(tmp_path):
     assert all(set(h) == {"index", "true", "predicted", "confidence"} for h in ev["hardest"])
     assert "Most confident mistakes" in (tmp_path / "ev" / "eval_report.md").read_text()
     assert (tmp_path / "ev" / "eval_report.html").stat().st_size > 1000
-    chromium = "/usr/bin/chromium"
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(chromium):
-        pytest.skip("no chromium to render the report in")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto((run / "report.html").as_uri())
-            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-            assert widths and all(w > 0 for w in widths)  # every embedded image decodes
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto((run / "report.html").as_uri())
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths)  # every embedded image decodes

@@ -26,15 +26,20 @@ def tiny(**kw):
     return model.eval()
 
 
+def perturbed_timm(name: str) -> torch.nn.Module:
+    """A timm model with non-zero weights everywhere (its head and norms too), seeded."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.02 if p.ndim > 1 else 0.1) + (1.0 if "norm" in n and
+                                                                            n.endswith("weight") else 0.0))
+    return model
+
+
 @pytest.fixture(scope="module")
 def timm_b16():
-    torch.manual_seed(0)
-    model = timm.create_model("mixer_b16_224", pretrained=False).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.02 if p.ndim > 1 else 0.1) + (1.0 if "norm" in name and
-                                                                            name.endswith("weight") else 0.0))
-    return model
+    return perturbed_timm("mixer_b16_224")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -289,12 +294,8 @@ def test_timm_miil_weights_in_the_hf_cache_use_their_own_preprocessing(tmp_path,
     from timm.data import create_transform, resolve_data_config
     from timm.models import save_for_hf
 
-    torch.manual_seed(0)
-    ref = timm.create_model("mixer_b16_224.miil_in21k", pretrained=False).eval()
+    ref = perturbed_timm("mixer_b16_224.miil_in21k")
     with torch.no_grad():
-        for name, p in ref.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.02 if p.ndim > 1 else 0.1) + (1.0 if "norm" in name and
-                                                                            name.endswith("weight") else 0.0))
         ref.head.weight.mul_(12)  # a peaked answer, so that a 1e-3 bound on probabilities means something
     snap = tmp_path / "hub" / "models--timm--mixer_b16_224.miil_in21k" / "snapshots" / ("c" * 40)
     save_for_hf(ref, str(snap), safe_serialization=True)

@@ -23,8 +23,7 @@ def deployment(src: str | Path, backend: str = "torch", limits: Limits | None = 
     @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 1})
     @serve.ingress(app)
     class MixerlabServer:
-        def __init__(self) -> None:
-            self.app = app
+        """Each replica serves `app` (Ray gives the class an `app` property of its own)."""
 
     return MixerlabServer.bind()
 

@@ -77,7 +77,7 @@ def plot_hardest(images, hardest: list[dict[str, Any]], classes: list[str], path
     plt = _plt()
     cols = min(8, len(hardest))
     rows = (len(hardest) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.2 + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, h in zip(axes.flat, hardest):
@@ -85,7 +85,7 @@ def plot_hardest(images, hardest: list[dict[str, Any]], classes: list[str], path
         ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None)
         ax.set_title(f"{classes[h['true']]}\n-> {classes[h['predicted']]} {100 * h['confidence']:.0f}%", fontsize=7)
     fig.suptitle("most confident mistakes: true -> predicted (confidence)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -256,3 +256,23 @@ def test_the_same_app_deploys_on_a_local_ray_serve(model_dir, monkeypatch, tmp_p
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_a_missing_serve_extra_is_named(monkeypatch, capsys):
+    import builtins
+    import sys as _sys
+
+    from mixerlab.cli import main as cli
+
+    real = builtins.__import__
+
+    def no_fastapi(name, *a, **kw):
+        if name == "fastapi" or name.startswith("fastapi."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real(name, *a, **kw)
+
+    for mod in [m for m in _sys.modules if m.startswith("mixerlab.serve")]:
+        monkeypatch.delitem(_sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_fastapi)
+    assert cli(["serve", "runs/x"]) == 2
+    assert "pip install 'mixerlab[serve]'" in capsys.readouterr().err

@@ -50,8 +50,7 @@ def predict_files(model: nn.Module, files: list[Path], topk: int = 5, device: st
         try:
             im = decode_image(f, cfg.in_chans if cfg.in_chans in (1, 3) else None)
         except DecodeError as e:
-            results.append({"file": str(f), "error": f"unreadable image: {str(e).removeprefix(f'{f}: ')}",
-                            "reason": e.reason})
+            results.append({"file": str(f), "error": f"unreadable image: {e.explanation}", "reason": e.reason})
             continue
         x = eval_image(im, cfg).unsqueeze(0)
         probs = model(prepare(x, model, torch.device(device))).float().softmax(-1)[0]

@@ -43,8 +43,13 @@ class DecodeError(DataError):
     """An image file that cannot be used; `reason` is one of REASONS."""
 
     def __init__(self, source: str, reason: str, detail: str = ""):
-        self.source, self.reason = source, reason
-        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        self.source, self.reason, self.detail = source, reason, detail
+        super().__init__(f"{source}: {self.explanation}")
+
+    @property
+    def explanation(self) -> str:
+        """The reason and its detail, without the file name: "too large (9000x9000 = ...)"."""
+        return self.reason + (f" ({self.detail})" if self.detail else "")
 
 
 def _name(source: str | os.PathLike | bytes) -> str:

@@ -104,8 +104,7 @@ class Server:
         except DecodeError as e:
             self.metrics.rejected.labels(reason=e.reason).inc()
             status = 413 if e.reason == "too large" else 415
-            raise HTTPException(status, f"{name}: {e.reason}" + (f" ({str(e).split('(', 1)[1]}" if "(" in str(e)
-                                                                 else "")) from None
+            raise HTTPException(status, f"{name}: {e.explanation}") from None
 
     async def classify(self, image: torch.Tensor, topk: int) -> dict[str, Any]:
         if not self.ready:

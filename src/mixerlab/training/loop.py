@@ -29,7 +29,7 @@ from ..data.datasets import load_dataset
 from ..data.transforms import BatchAugment
 from ..errors import TrainingError
 from ..evaluate import evaluate
-from ..io_utils import atomic_write_json
+from ..io_utils import atomic_write_bytes, atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
 from ..report import plot_confusion, plot_curves, plot_hardest, write_report
@@ -284,8 +284,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
         return
     log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.2f%%, top-5 %.2f%%, %.0f img/s",
              epoch + 1, m["train_loss"], ev["loss"], 100 * ev["top1"], 100 * ev["top5"], m["images_per_s"])
-    with open(run.run_dir / "metrics.jsonl", "w") as f:  # rewritten whole: a resume never duplicates
-        f.writelines(json.dumps(r) + "\n" for r in p.metrics)
+    # rewritten whole (and atomically): a resume never duplicates a line, a crash never cuts one
+    atomic_write_bytes(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.metrics).encode())
     if improved:
         save_checkpoint(run.run_dir / "best.pt", {
             "config": run.model.config.to_dict(), "class_names": run.data.classes,

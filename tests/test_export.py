@@ -163,6 +163,9 @@ def test_int8_is_for_onnx_and_a_missing_extra_is_named(trained, tmp_path, capsys
     run, _ = trained
     assert cli(["export", str(run), str(tmp_path / "m.pt2"), "--int8"]) == 2
     assert "--int8 is for ONNX exports" in capsys.readouterr().err
+    assert cli(["export", str(run), str(tmp_path / "m.onnx"), "--int8", "static"]) == 2
+    assert "--int8 static needs calibration images: pass --data" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
     import builtins
 
     real_import = builtins.__import__

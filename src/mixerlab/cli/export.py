@@ -35,6 +35,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise ExportError(f"{out}: is a folder; give the file to write")
     if args.int8 and fmt != "onnx":
         raise ExportError("--int8 is for ONNX exports (ONNX Runtime's int8 kernels); use OUT.onnx")
+    if args.int8 == "static" and not args.data:
+        raise ExportError("--int8 static needs calibration images: pass --data (a dataset name or image folder)")
     model = from_pretrained(args.src, **preprocess_overrides(args)).eval()
     if fmt == "pt2":
         from ..export.aoti import export_pt2
@@ -43,12 +45,15 @@ def run_export(args: argparse.Namespace) -> int:
     elif not args.int8:
         report = export_onnx(model, out, str(args.src))
     else:
+        from ..export.onnx import check_onnx
         from ..export.quantize import quantize_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", str(args.src))
             calib = _calibration(model, args) if args.int8 == "static" else None
             report = {**quantize_onnx(fp32["path"], out, args.int8, calib), "fp32_check": fp32}
+        print(f"int8 against PyTorch on the same batch: max abs logit difference {check_onnx(out, model):.2e} "
+              f"(int8 changes the numbers; `mixerlab eval {out} --data ...` measures the accuracy)")
     print(f"wrote {out} ({report['format']}, {report['dtype']})")
     err = report.get("max_abs_logit_error", report.get("fp32_check", {}).get("max_abs_logit_error"))
     print(f"checked: max abs logit difference against PyTorch on a batch of 7: {err:.2e}"
@@ -62,10 +67,6 @@ def _calibration(model, args: argparse.Namespace):
 
     from ..data.datasets import load_dataset
     from ..data.transforms import prepare
-    from ..export.onnx import ExportError
-
-    if not args.data:
-        raise ExportError("--int8 static needs calibration images: pass --data (a dataset name or image folder)")
     images = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size)).train.images
     images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.calibration_images]]
     return [prepare(b, model, torch.device("cpu")).numpy() for b in images.split(32)]

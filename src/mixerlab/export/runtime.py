@@ -30,7 +30,8 @@ class ExportedModel(nn.Module):
         self.class_names: list[str] | None = list(meta["class_names"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x.detach().float().cpu().contiguous())
+        """Runs on the CPU (both runtimes are built for it here); the logits go back to x's device."""
+        return self._run(x.detach().float().cpu().contiguous()).to(x.device)
 
 
 def _onnx_runner(path: Path, threads: int | None) -> Any:

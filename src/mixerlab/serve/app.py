@@ -117,7 +117,7 @@ class Server:
             self.metrics.rejected.labels(reason="queue full").inc()
             raise HTTPException(503, f"the queue is full ({self.limits.max_queue} images); retry shortly",
                                 headers={"Retry-After": "1"}) from None
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             self.metrics.rejected.labels(reason="timeout").inc()
             raise HTTPException(504, f"no answer within {self.limits.timeout_s:g} s") from None
         return {"top": top_classes(res.probs, topk, self.class_names), "batch_size": res.batch_size}

@@ -64,7 +64,7 @@ class Batcher:
                 break
             try:
                 items.append(await asyncio.wait_for(self.queue.get(), left))
-            except TimeoutError:
+            except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
                 break
         return items
 

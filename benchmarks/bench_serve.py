@@ -34,9 +34,9 @@ import torch
 from PIL import Image
 
 import mixerlab
-from mixerlab.data.decode import decode_image
-from mixerlab.data.transforms import eval_image, prepare
+from mixerlab.data.transforms import image_for_model
 from mixerlab.perf.timing import machine_info, time_call
+from mixerlab.predict import probabilities
 
 
 def images(cfg, n: int = 16) -> list[bytes]:
@@ -52,14 +52,9 @@ def images(cfg, n: int = 16) -> list[bytes]:
 
 def offline(model, cfg, payloads: list[bytes], batch: int) -> float:
     """img/s of decode + preprocessing + model at the server's batch size, in this process."""
-    x = torch.stack([eval_image(decode_image(p, cfg.in_chans), cfg) for p in payloads])
+    x = torch.stack([image_for_model(p, cfg) for p in payloads])
     x = x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
-
-    @torch.inference_mode()
-    def run():
-        return model(prepare(x, model, torch.device("cpu"))).softmax(-1)
-
-    return batch / time_call(run, torch.device("cpu"), warmup=2, iters=3, repeats=3)
+    return batch / time_call(lambda: probabilities(model, x), torch.device("cpu"), warmup=2, iters=3, repeats=3)
 
 
 def batch_sizes(metrics: str) -> dict[str, float]:
@@ -168,8 +163,7 @@ def main() -> None:
                    "served_img_s": served, "p50_ms": 1000 * q[49], "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98],
                    "batches_by_size_le": {k: after[k] - before.get(k, 0) for k in after}}
             if args.bad:
-                want = [int(model(prepare(eval_image(decode_image(pl, cfg.in_chans), cfg)[None], model,
-                                          torch.device("cpu"))).argmax()) for pl in payloads]
+                want = [int(probabilities(model, image_for_model(pl, cfg)[None]).argmax()) for pl in payloads]
                 bomb_path = Path(tmp) / "bomb.png"
                 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
                 from tests.test_bad_input import make_bomb  # a valid 20000x20000 PNG of a few hundred KB

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from .data.datasets import IMAGE_EXTS
-from .data.decode import DecodeError, decode_image
-from .data.transforms import eval_image, prepare
+from .data.decode import DecodeError
+from .data.transforms import image_for_model, prepare
 from .errors import DataError
 
 
@@ -26,6 +26,17 @@ def list_image_files(paths: list[str]) -> list[Path]:
     if not files:
         raise DataError(f"no image files in {', '.join(paths)}")
     return files
+
+
+def class_names_of(model: nn.Module) -> list[str]:
+    """The names a model carries, else its class indices as strings."""
+    return getattr(model, "class_names", None) or [str(i) for i in range(model.config.num_classes)]
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Class probabilities (B, classes) of a uint8 batch, with the model's own normalisation."""
+    return model(prepare(images, model, torch.device(device))).float().softmax(-1)
 
 
 def top_classes(probs: torch.Tensor, k: int, names: list[str]) -> list[dict[str, Any]]:
@@ -44,15 +55,14 @@ def predict_files(model: nn.Module, files: list[Path], topk: int = 5, device: st
         raise ValueError(f"topk must be at least 1, got {topk}")
     cfg = model.config
     model.eval().to(device)
-    names = class_names or getattr(model, "class_names", None) or [str(i) for i in range(cfg.num_classes)]
+    names = class_names or class_names_of(model)
     results = []
     for f in files:
         try:
-            im = decode_image(f, cfg.in_chans if cfg.in_chans in (1, 3) else None)
+            x = image_for_model(f, cfg).unsqueeze(0)
         except DecodeError as e:
             results.append({"file": str(f), "error": f"unreadable image: {e.explanation}", "reason": e.reason})
             continue
-        x = eval_image(im, cfg).unsqueeze(0)
-        probs = model(prepare(x, model, torch.device(device))).float().softmax(-1)[0]
+        probs = probabilities(model, x, device)[0]
         results.append({"file": str(f), "top": top_classes(probs, topk, names)})
     return results

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
-from .decode import to_uint8_chw
+from .decode import MAX_PIXELS, decode_image, to_uint8_chw
 
 
 def _per_channel(v: tuple[float, ...], x: torch.Tensor) -> float | torch.Tensor:
@@ -67,6 +67,12 @@ def eval_image(im: Image.Image, cfg) -> torch.Tensor:
         im = TF.resize(im, [round(im.height * k), round(im.width * k)], interpolation=mode)
     im = TF.center_crop(im, [h, w])
     return torch.from_numpy(to_uint8_chw(im))
+
+
+def image_for_model(source, cfg, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """A file path or the bytes of an image file as the model's uint8 input (C, H, W): decoded in the
+    model's colour (decode.py) and resized and cropped as the model evaluates (`eval_image`)."""
+    return eval_image(decode_image(source, cfg.in_chans if cfg.in_chans in (1, 3) else None, max_pixels), cfg)
 
 
 def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..errors import MixerlabError
 from ..io_utils import atomic_write
+from ..predict import class_names_of
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def metadata(model: nn.Module, source: str) -> dict[str, str]:
     """What a deployed file needs to be used without mixerlab's Python objects: classes, preprocessing,
     the config, where it came from."""
     cfg = model.config
-    names = getattr(model, "class_names", None) or [str(i) for i in range(cfg.num_classes)]
+    names = class_names_of(model)
     preprocess = {**cfg.preprocess(), "pixel_range": "uint8 / 255"}
     return {"class_names": json.dumps(names), "preprocess": json.dumps(preprocess),
             "mixerlab_config": json.dumps(cfg.to_dict(), sort_keys=True), "source": source,

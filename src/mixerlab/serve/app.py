@@ -25,9 +25,9 @@ import torch.nn as nn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ..data.decode import MAX_PIXELS, DecodeError, decode_image
-from ..data.transforms import eval_image, prepare
-from ..predict import top_classes
+from ..data.decode import MAX_PIXELS, DecodeError
+from ..data.transforms import image_for_model
+from ..predict import class_names_of, probabilities, top_classes
 from .batcher import Batcher, QueueFull
 from .metrics import ServerMetrics
 from .page import PAGE
@@ -64,17 +64,14 @@ class Server:
 
     def __init__(self, model: nn.Module, limits: Limits, name: str):
         self.model, self.limits, self.name = model, limits, name
-        cfg = model.config
-        self.channels = cfg.in_chans if cfg.in_chans in (1, 3) else None
-        self.class_names = getattr(model, "class_names", None) or [str(i) for i in range(cfg.num_classes)]
+        self.class_names = class_names_of(model)
         self.metrics = ServerMetrics()
         self.batcher: Batcher | None = None
         self.ready = self.stopping = False
         self._starting: asyncio.Lock | None = None
 
-    @torch.inference_mode()
     def run(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(prepare(images, self.model, torch.device("cpu"))).float().softmax(-1)
+        return probabilities(self.model, images)
 
     async def start(self) -> None:
         """Start the batcher and warm the model up; once, however many callers (the app's startup, or
@@ -100,7 +97,7 @@ class Server:
 
     def decode(self, data: bytes, name: str) -> torch.Tensor:
         try:
-            return eval_image(decode_image(data, self.channels, self.limits.max_pixels), self.model.config)
+            return image_for_model(data, self.model.config, self.limits.max_pixels)
         except DecodeError as e:
             self.metrics.rejected.labels(reason=e.reason).inc()
             status = 413 if e.reason == "too large" else 415

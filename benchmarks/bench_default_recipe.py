@@ -44,7 +44,8 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes: li
 
 
 def make_fmnist5k() -> Path:
-    from mixerlab.data.datasets import FASHION_CLASSES, load_dataset
+    from mixerlab.data.datasets import FASHION_CLASSES
+    from mixerlab.data.sources import load_dataset
 
     out = ROOT / "fmnist5k"
     if out.is_dir():

@@ -15,8 +15,8 @@ from PIL import Image
 
 import mixerlab
 from mixerlab.cli import main as cli
-from mixerlab.data import datasets as data_mod
 from mixerlab.data.decode import DecodeError, decode_image, read_image
+from mixerlab.data.sources import load_dataset
 from mixerlab.errors import ConfigError
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.loop import train
@@ -142,7 +142,7 @@ def test_a_bomb_in_a_dataset_is_skipped_and_in_predict_fails_alone(tmp_path, cap
     root = make_image_folder(tmp_path / "shapes")
     make_bomb(root / "train" / "circle" / "bomb.png")
     with caplog.at_level("WARNING"):
-        ds = data_mod.load_dataset(str(root))
+        ds = load_dataset(str(root))
     assert len(ds.train) == 36 and "bomb.png: too large" in caplog.text
     train(tiny_cfg(tmp_path, root, epochs=1))
     good = root / "val" / "square" / "0.png"
@@ -161,10 +161,10 @@ def test_a_mixed_folder_takes_the_most_common_size_and_colour(tmp_path, caplog):
     Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(root / "a" / "zz_photo.jpg")  # last in sort order
     Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(root / "a" / "00_photo.jpg")  # first in sort order
     with caplog.at_level("INFO"):
-        ds = data_mod.load_dataset(str(root), val_split=0.2)
+        ds = load_dataset(str(root), val_split=0.2)
     assert ds.img_size == (28, 28) and ds.in_chans == 1
     assert "22 images at 28x28 (the most common size), grey (the most common); 2 resized, 2 converted" in caplog.text
-    ds = data_mod.load_dataset(str(root), img_size=(32, 32), val_split=0.2)
+    ds = load_dataset(str(root), img_size=(32, 32), val_split=0.2)
     assert ds.img_size == (32, 32)
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 import mixerlab
 from mixerlab.cli import main as cli
 from mixerlab.data import datasets as data_mod
+from mixerlab.data.sources import load_dataset
 from mixerlab.errors import TrainingError
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.loop import train
@@ -220,7 +221,7 @@ def test_gradient_accumulation_equals_the_big_batch():
 # ---------------------------------------------------------------------------------------------- data
 def test_idx_dataset_from_data_dir(tmp_path):
     make_idx_dir(tmp_path / "mnist")
-    ds = data_mod.load_dataset("mnist", str(tmp_path))
+    ds = load_dataset("mnist", str(tmp_path))
     assert ds.train.images.shape == (64, 1, 28, 28) and ds.val.labels.shape == (32,) and ds.num_classes == 10
 
 
@@ -238,13 +239,13 @@ def test_download_against_a_local_server(tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         monkeypatch.setenv("MIXERLAB_MIRROR", url)
-        ds = data_mod.load_dataset("fashion-mnist", str(tmp_path / "dl"))
+        ds = load_dataset("fashion-mnist", str(tmp_path / "dl"))
         assert ds.train.images.shape == (64, 1, 28, 28) and ds.classes[0] == "T-shirt/top"
         assert (tmp_path / "dl" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
         # a file that does not match its checksum is refused, and nothing is written
         monkeypatch.setitem(data_mod.IDX_SHA256, "fashion-mnist", {**sums, "t10k-labels-idx1-ubyte": "0" * 64})
         with pytest.raises(mixerlab.DataError, match="checksum mismatch"):
-            data_mod.load_dataset("fashion-mnist", str(tmp_path / "dl2"))
+            load_dataset("fashion-mnist", str(tmp_path / "dl2"))
         assert not (tmp_path / "dl2" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists()
     finally:
         server.shutdown()
@@ -258,44 +259,44 @@ def test_cifar_format_folder(tmp_path):
         batch = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 4).tolist()}
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    ds = data_mod.load_dataset("cifar10", str(tmp_path))
+    ds = load_dataset("cifar10", str(tmp_path))
     assert ds.train.images.shape == (20, 3, 32, 32) and ds.val.images.shape == (4, 3, 32, 32)
     assert ds.classes == [f"c{i}" for i in range(10)]
     (base / "test_batch").write_bytes(pickle.dumps({"data": __import__("os").system}))
     with pytest.raises(mixerlab.DataError, match="test_batch: not a CIFAR python-format file: refusing"):
-        data_mod.load_dataset("cifar10", str(tmp_path))
+        load_dataset("cifar10", str(tmp_path))
 
 
 def test_val_split_of_a_single_folder(tmp_path):
     root = make_image_folder(tmp_path / "flat", n=10, split=False)
-    ds = data_mod.load_dataset(str(root), val_split=0.2)
+    ds = load_dataset(str(root), val_split=0.2)
     assert len(ds.train) == 24 and len(ds.val) == 6 and ds.img_size == (16, 16) and ds.in_chans == 3
 
 
 def test_data_errors(tmp_path):
     with pytest.raises(mixerlab.DataError, match="unknown dataset 'imagenet-99'"):
-        data_mod.load_dataset("imagenet-99")
+        load_dataset("imagenet-99")
     (tmp_path / "empty").mkdir()
     with pytest.raises(mixerlab.DataError, match="no class folders"):
-        data_mod.load_dataset(str(tmp_path / "empty"))
+        load_dataset(str(tmp_path / "empty"))
     (tmp_path / "hollow" / "cat").mkdir(parents=True)
     with pytest.raises(mixerlab.DataError, match="class folders with no images: cat"):
-        data_mod.load_dataset(str(tmp_path / "hollow"))
+        load_dataset(str(tmp_path / "hollow"))
     root = make_image_folder(tmp_path / "mismatch")
     (root / "val" / "stripe").rename(root / "val" / "zigzag")
     with pytest.raises(mixerlab.DataError, match="different classes.*stripe.*zigzag"):
-        data_mod.load_dataset(str(root))
+        load_dataset(str(root))
 
 
 def test_corrupt_images_are_named_and_skipped_or_fail_with_strict(tmp_path, caplog):
     root = make_image_folder(tmp_path / "shapes")
     (root / "train" / "circle" / "bad.png").write_bytes(b"\x89PNG garbage")
     with caplog.at_level("WARNING"):
-        ds = data_mod.load_dataset(str(root))
+        ds = load_dataset(str(root))
     assert "skipped 1 unusable image(s)" in caplog.text and "bad.png: not an image" in caplog.text
     assert len(ds.train) == 36
     with pytest.raises(mixerlab.DataError, match="bad.png: not an image"):
-        data_mod.load_dataset(str(root), strict=True)
+        load_dataset(str(root), strict=True)
 
 
 def test_config_file_then_flags(tmp_path):

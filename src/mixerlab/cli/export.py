@@ -65,7 +65,7 @@ def _calibration(model, args: argparse.Namespace):
     """Batches of normalised float32 images from --data for static int8 calibration."""
     import torch
 
-    from ..data.datasets import load_dataset
+    from ..data.sources import load_dataset
     from ..data.transforms import prepare
     images = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size)).train.images
     images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.calibration_images]]

@@ -29,7 +29,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data.datasets import load_dataset
+    from ..data.sources import load_dataset
     from ..evaluate import check_classes, evaluate
     from ..io_utils import atomic_write_json
     from ..perf.runtime import pick_device

@@ -22,7 +22,6 @@ import os
 import pickle
 import struct
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import torch
 
 from ..errors import DataError
 from ..io_utils import atomic_write_bytes
-from .decode import DecodeError, image_info, read_image
 
 log = logging.getLogger(__name__)
 
@@ -243,121 +241,3 @@ def load_cifar(name: str, data_dir: str | None = None) -> Dataset:
 
     classes = [c.decode() if isinstance(c, bytes) else c for c in _read_cifar_file(root / meta_file)[names_key]]
     return Dataset(name, split(train_files), split([test_file]), classes, mirror_invariant=True)
-
-
-# -------------------------------------------------------------------------------------- ImageFolder
-def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
-    items, empty = [], []
-    for i, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        if not files:
-            empty.append(c)
-        items += [(p, i) for p in files]
-    if empty:
-        raise DataError(f"{root}: class folders with no images: {', '.join(empty)}")
-    return classes, items
-
-
-def _report_skipped(bad: list[DecodeError], kept: int) -> None:
-    if bad:
-        shown = "; ".join(str(e) for e in bad[:10])
-        log.warning("skipped %d unusable image(s): %s%s", len(bad), shown, " ..." if len(bad) > 10 else "")
-    if not kept:
-        raise DataError("no readable images")
-
-
-def _survey(items: list[tuple[Path, int]], strict: bool) -> tuple[list[tuple[Path, int]], list[tuple[int, int, int]]]:
-    """Each image's (height, width, channels) from its header; unusable files are named and skipped
-    (or fail the run under `strict`)."""
-    kept, infos, bad = [], [], []
-    for path, label in items:
-        try:
-            infos.append(image_info(path))
-            kept.append((path, label))
-        except DecodeError as e:
-            if strict:
-                raise
-            bad.append(e)
-    _report_skipped(bad, len(kept))
-    return kept, infos
-
-
-def choose_shape(infos: list[tuple[int, int, int]], img_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
-    """The rule for a folder of mixed images: the most common size (the smaller one on a tie) unless
-    `img_size` is given, and the most common colour (RGB on a tie, since grey converts to RGB losslessly)."""
-    sizes = Counter((h, w) for h, w, _ in infos)
-    size = img_size or min(sizes, key=lambda s: (-sizes[s], s[0] * s[1]))
-    colour = Counter(c for _, _, c in infos)
-    channels = 1 if colour[1] > colour[3] else 3
-    return tuple(size), channels  # type: ignore[return-value]
-
-
-def _decode(items: list[tuple[Path, int]], size: tuple[int, int], channels: int, strict: bool) -> Split:
-    images, labels, bad = [], [], []
-    for path, label in items:
-        try:
-            images.append(read_image(path, channels, size))
-            labels.append(label)
-        except DecodeError as e:
-            if strict:
-                raise
-            bad.append(e)
-    _report_skipped(bad, len(images))
-    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
-
-
-def _describe(root: Path, infos: list[tuple[int, int, int]], size: tuple[int, int], channels: int,
-              forced: bool) -> str:
-    resized = sum((h, w) != tuple(size) for h, w, _ in infos)
-    converted = sum(c != channels for _, _, c in infos)
-    why = "--img-size" if forced else "the most common size"
-    return (f"{root}: {len(infos)} images at {size[0]}x{size[1]} ({why}), {'grey' if channels == 1 else 'RGB'} "
-            f"(the most common); {resized} resized, {converted} converted to {'grey' if channels == 1 else 'RGB'}")
-
-
-def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_split: float = 0.1,
-                      seed: int = 0, strict: bool = False) -> Dataset:
-    """An ImageFolder tree, decoded once into memory at one size and colour (`choose_shape`)."""
-    train_dir = root / "train"
-    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
-        classes, train_items = _list_images(train_dir)
-        val_classes, val_items = _list_images(val_dir)
-        if val_classes != classes:
-            only_t = sorted(set(classes) - set(val_classes))
-            only_v = sorted(set(val_classes) - set(classes))
-            raise DataError(f"{root}: train and {val_dir.name} have different classes "
-                            f"(only in train: {only_t}; only in {val_dir.name}: {only_v})")
-    else:
-        classes, items = _list_images(root)
-        if not 0 < val_split < 1:
-            raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_val = max(1, int(round(len(items) * val_split)))
-        val_items = [items[i] for i in order[:n_val]]
-        train_items = [items[i] for i in order[n_val:]]
-    train_items, train_infos = _survey(train_items, strict)
-    val_items, val_infos = _survey(val_items, strict)
-    size, channels = choose_shape(train_infos, img_size)
-    log.info(_describe(root, train_infos + val_infos, size, channels, img_size is not None))
-    train = _decode(train_items, size, channels, strict)
-    val = _decode(val_items, size, channels, strict)
-    return Dataset(root.name, train, val, classes)
-
-
-def load_dataset(name: str = "fashion-mnist", data_dir: str | None = None, img_size: tuple[int, int] | None = None,
-                 val_split: float = 0.1, seed: int = 0, strict: bool = False, download: bool = True) -> Dataset:
-    """Any source by name or path (see the module docstring)."""
-    if name in ("fashion-mnist", "mnist"):
-        return load_idx_dataset(name, data_dir, download=download)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, data_dir)
-    path = Path(name).expanduser()
-    if path.exists():
-        return load_image_folder(path, img_size, val_split, seed, strict)
-    raise DataError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)} or an ImageFolder path")

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from ..data.datasets import load_dataset
+from ..data.sources import load_dataset
 from ..data.transforms import BatchAugment
 from ..errors import TrainingError
 from ..evaluate import evaluate

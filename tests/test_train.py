@@ -75,7 +75,8 @@ def test_image_folder_run_writes_everything(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
-                            "data_time_share", "elapsed_s", "grad_norm", "grad_norm_max"}
+                            "data_time_share", "elapsed_s", "grad_norm", "grad_norm_max", "bad_images"}
+    assert all(r["bad_images"] == 0 for r in rows)
     assert all(r["grad_norm_max"] >= r["grad_norm"] > 0 for r in rows)
     s = json.loads((run / "summary.json").read_text())
     assert s == summary and 0 <= s["val_top1"] <= 1 and s["world_size"] == 1 and s["dataset"] == "shapes"

@@ -70,8 +70,8 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 
 
 def plot_hardest(images, hardest: list[dict[str, Any]], classes: list[str], path: Path) -> Path | None:
-    """The most confident mistakes with their true and predicted class: `images` is the split's uint8
-    (N, C, H, W) tensor, `hardest` what evaluate(hardest=N) returned."""
+    """The most confident mistakes with their true and predicted class: `hardest` and `images` are
+    what evaluate(hardest=N) returned under "hardest" and "hardest_images" (uint8 (C, H, W) each)."""
     if not hardest:
         return None
     plt = _plt()
@@ -80,8 +80,8 @@ def plot_hardest(images, hardest: list[dict[str, Any]], classes: list[str], path
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.2 + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, h in zip(axes.flat, hardest):
-        im = images[h["index"]].permute(1, 2, 0).numpy()
+    for ax, h, image in zip(axes.flat, hardest, images):
+        im = image.permute(1, 2, 0).numpy()
         ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None)
         ax.set_title(f"{classes[h['true']]}\n-> {classes[h['predicted']]} {100 * h['confidence']:.0f}%", fontsize=7)
     fig.suptitle("most confident mistakes: true -> predicted (confidence)", fontsize=9)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import MixerlabError
 from .bench import add_bench, run_bench
+from .data import add_data, run_data
 from .export import add_export, run_export
 from .inference import add_eval, add_predict, run_eval, run_predict
 from .models import add_convert, add_info, run_convert, run_info
@@ -23,6 +24,7 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "list models, or describe one model or checkpoint", add_info, run_info),
     ("convert", "convert weights between mixerlab, timm and official formats", add_convert, run_convert),
     ("train", "train from scratch or fine-tune (torchrun for several processes)", add_train, run_train),
+    ("data", "pack an image folder into WebDataset shards for streaming", add_data, run_data),
     ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", add_eval, run_eval),
     ("predict", "classify image files", add_predict, run_predict),
     ("export", "write an ONNX (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",

@@ -11,9 +11,14 @@ from .common import add_preprocess, load_for_inference, positive_int
 # ------------------------------------------------------------------------------------ eval/predict
 def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
-    p.add_argument("--data", default="fashion-mnist", help="dataset name or ImageFolder path")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name, ImageFolder path or WebDataset shards")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--val-data", help="validation shards, when --data names training shards")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode images as they are scored, in worker processes (default: when they would not "
+                        "fit in memory)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes when streaming")
     p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
@@ -36,7 +41,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model = load_for_inference(args.src, args)
     size = tuple(model.config.img_size)
-    data = load_dataset(args.data, args.data_dir, img_size=size)
+    data = load_dataset(args.data, args.data_dir, img_size=size, stream=args.stream, workers=args.workers,
+                        val_data=args.val_data)
     check_classes(model, data.classes, args.src, args.data, args.map_by_index)
     device = pick_device(args.device)
     model.to(device)
@@ -47,7 +53,8 @@ def run_eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "class_names", None) or data.classes
     stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
-    report = write_eval_report(model, res, split, names, out, stem, f"{args.src} on {args.data} ({args.split})")
+    report = write_eval_report(model, res, res.pop("hardest_images"), names, out, stem,
+                               f"{args.src} on {args.data} ({args.split})")
     res["per_class"] = dict(zip(names, res["per_class"]))
     res["precision_per_class"] = dict(zip(names, res["precision_per_class"]))
     res.update({"source": str(args.src), "data": args.data, "split": args.split})
@@ -60,14 +67,14 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_eval_report(model, res: dict, split, names: list[str], out, stem: str, title: str):
+def write_eval_report(model, res: dict, hardest_images, names: list[str], out, stem: str, title: str):
     """{stem}_report.md and .html: per-class precision and recall, confusion, hardest images, and the
     first block's token mixing for a PyTorch Mixer."""
     from ..report import Document, add_evaluation, plot_confusion, plot_hardest
     from ..viz.figures import token_mixing_figure
 
     plot_confusion(res["confusion"], names, out / f"{stem}_confusion.png")
-    plot_hardest(split.images, res["hardest"], names, out / f"{stem}_hardest.png")
+    plot_hardest(hardest_images, res["hardest"], names, out / f"{stem}_hardest.png")
     if model.config.arch == "mixer" and hasattr(model, "blocks"):  # not an exported file
         token_mixing_figure(model, 0, out)
     doc = Document(f"Evaluation: {title}")

@@ -24,6 +24,7 @@ import struct
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def eval_batches(self, model_cfg, batch_size: int, rank: int = 0, world_size: int = 1):
+        """(indices, uint8 images, labels, errors) batches of this rank's part: every world_size-th image.
+        The images keep the data's size; `prepare` brings them to the model's."""
+        for b in torch.arange(rank, len(self), world_size).split(batch_size):
+            yield b, self.images[b], self.labels[b], []
+
 
 @dataclass
 class Dataset:
@@ -78,6 +85,7 @@ class Dataset:
     # Whether a mirror image is still of the same class: True for the built-in sets where it is
     # (clothes, photos), False where it is not (digits), None for a folder nobody has said it of.
     mirror_invariant: bool | None = None
+    streaming = False  # decoded in memory; see StreamDataset
 
     @property
     def in_chans(self) -> int:
@@ -86,6 +94,26 @@ class Dataset:
     @property
     def img_size(self) -> tuple[int, int]:
         return tuple(self.train.images.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class StreamDataset:
+    """A dataset read from disk (or a URL) as it trains, in worker processes: data/stream.py for
+    folders, data/shards.py for WebDataset shards. Its splits have a length, `eval_batches` and a
+    training loader; nothing is decoded up front."""
+
+    name: str
+    train: Any
+    val: Any
+    classes: list[str]
+    img_size: tuple[int, int]
+    in_chans: int
+    mirror_invariant: bool | None = None
+    streaming = True
 
     @property
     def num_classes(self) -> int:

@@ -4,6 +4,7 @@ split by --val-split, decoded into memory at one size and colour (`choose_shape`
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -11,10 +12,14 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .datasets import IMAGE_EXTS, Dataset, Split
+from .datasets import IMAGE_EXTS, Dataset, Split, StreamDataset
 from .decode import DecodeError, image_info, read_image
+from .stream import FolderStream, default_workers
 
 log = logging.getLogger(__name__)
+
+SURVEY_SAMPLE = 256  # headers read to choose a size and colour before deciding to stream
+STREAM_DEFAULT_SIZE = 224  # the paper's training size: images larger than this stream at it
 
 
 def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -91,9 +96,8 @@ def _describe(root: Path, infos: list[tuple[int, int, int]], size: tuple[int, in
             f"(the most common); {resized} resized, {converted} converted to {'grey' if channels == 1 else 'RGB'}")
 
 
-def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_split: float = 0.1,
-                      seed: int = 0, strict: bool = False) -> Dataset:
-    """An ImageFolder tree, decoded once into memory at one size and colour (`choose_shape`)."""
+def _split_items(root: Path, val_split: float, seed: int) -> tuple[list[str], list, list]:
+    """(classes, train items, val items): from train/ and val/ (or test/) folders, or one folder split."""
     train_dir = root / "train"
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if train_dir.is_dir() and val_dir is not None:
@@ -104,14 +108,61 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
             only_v = sorted(set(val_classes) - set(classes))
             raise DataError(f"{root}: train and {val_dir.name} have different classes "
                             f"(only in train: {only_t}; only in {val_dir.name}: {only_v})")
-    else:
-        classes, items = _list_images(root)
-        if not 0 < val_split < 1:
-            raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_val = max(1, int(round(len(items) * val_split)))
-        val_items = [items[i] for i in order[:n_val]]
-        train_items = [items[i] for i in order[n_val:]]
+        return classes, train_items, val_items
+    classes, items = _list_images(root)
+    if not 0 < val_split < 1:
+        raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(len(items) * val_split)))
+    return classes, [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def memory_budget() -> int:
+    """Bytes a decoded dataset may take: half of the memory available now."""
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available // 2
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def _sample_shape(items: list[tuple[Path, int]], img_size: tuple[int, int] | None, seed: int
+                  ) -> tuple[tuple[int, int], int]:
+    """choose_shape over the headers of up to SURVEY_SAMPLE files picked at random: a big folder's
+    size and colour without opening every file."""
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:SURVEY_SAMPLE].tolist()
+    infos = []
+    for i in pick:
+        try:
+            infos.append(image_info(items[i][0]))
+        except DecodeError:
+            pass  # the workers name it when they meet it
+    if not infos:
+        raise DataError(f"none of {len(pick)} images sampled from the folder could be read")
+    return choose_shape(infos, img_size)
+
+
+def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_split: float = 0.1,
+                      seed: int = 0, strict: bool = False, stream: bool | None = None,
+                      budget_bytes: int | None = None, workers: int | None = None) -> Dataset | StreamDataset:
+    """An ImageFolder tree: decoded once into memory at one size and colour (`choose_shape`), or
+    streamed from disk (`stream=True`, or None and the decoded images would take more than
+    `budget_bytes`, by default half the memory available)."""
+    classes, train_items, val_items = _split_items(root, val_split, seed)
+    size, channels = _sample_shape(train_items, img_size, seed)
+    need = (len(train_items) + len(val_items)) * size[0] * size[1] * channels
+    budget = memory_budget() if budget_bytes is None else budget_bytes
+    if stream is None:
+        stream = need > budget
+        if stream:
+            log.info("%s: %s images would take %.1f GB decoded at %dx%d, over the memory budget of %.1f GB: "
+                     "streaming them from disk", root, f"{len(train_items) + len(val_items):,}", need / 1e9,
+                     size[0], size[1], budget / 1e9)
+    if stream:
+        if img_size is None and max(size) > STREAM_DEFAULT_SIZE:
+            size = (STREAM_DEFAULT_SIZE, STREAM_DEFAULT_SIZE)
+        return _streamed(root, classes, train_items, val_items, size, channels, workers)
     train_items, train_infos = _survey(train_items, strict)
     val_items, val_infos = _survey(val_items, strict)
     size, channels = choose_shape(train_infos, img_size)
@@ -119,3 +170,13 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
     train = _decode(train_items, size, channels, strict)
     val = _decode(val_items, size, channels, strict)
     return Dataset(root.name, train, val, classes)
+
+
+def _streamed(root: Path, classes: list[str], train_items: list, val_items: list, size: tuple[int, int],
+              channels: int, workers: int | None) -> StreamDataset:
+    workers = default_workers() if workers is None else workers
+    log.info("%s: streaming %s training and %s validation images at %dx%d, %s, with %d worker process(es)",
+             root, f"{len(train_items):,}", f"{len(val_items):,}", size[0], size[1],
+             "grey" if channels == 1 else "RGB", workers)
+    return StreamDataset(root.name, FolderStream(train_items, channels, size, workers),
+                         FolderStream(val_items, channels, size, workers), classes, tuple(size), channels)

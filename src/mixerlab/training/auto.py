@@ -47,7 +47,10 @@ def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoc
         parts.append(f"mirror flips {'on' if cfg.flip else 'off'} ({why})")
     else:
         parts.append(f"mirror flips {'on' if cfg.flip else 'off'}")
-    parts.append(f"crops of +-{cfg.crop_pad} px" if cfg.crop_pad else "no crops")
+    if data.streaming:
+        parts.append(f"random resized crops of {cfg.crop_scale:.0%} to 100% of the area")
+    else:
+        parts.append(f"crops of +-{cfg.crop_pad} px" if cfg.crop_pad else "no crops")
     parts.append(f"RandAugment {cfg.randaug_n} ops at {cfg.randaug_m}" if cfg.randaug_n else "no RandAugment")
     parts.append(f"mixup {cfg.mixup}" if cfg.mixup else "no mixup")
     return f"recipe {cfg.recipe}: " + "; ".join(parts)

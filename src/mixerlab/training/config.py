@@ -32,6 +32,10 @@ class TrainConfig:
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
     img_size: int | None = None  # resize the data (ImageFolder) or the model (fine-tuning) to this
     val_split: float = 0.1
+    val_data: str | None = None  # validation shards (default: the training pattern with 'train' -> 'val')
+    stream: bool | None = None  # read images from disk as it trains; None: when they would not fit in memory
+    workers: int | None = None  # decoding processes when streaming (None: the cores less one, up to 8)
+    memory_budget_gb: float | None = None  # above this a folder streams (None: half the available memory)
     recipe: str = "auto"
     # optimisation
     epochs: int | None = None  # None: from the dataset's size (training/auto.py)
@@ -51,7 +55,8 @@ class TrainConfig:
     mixup: float = 0.0
     randaug_n: int = 0
     randaug_m: int = 9
-    crop_pad: int = 2
+    crop_pad: int = 2  # in memory: pad and crop back
+    crop_scale: float = 0.08  # streaming: the smallest area of a random resized crop (the paper's Inception crop)
     flip: bool | None = None  # None: on for built-in sets known to be mirror-invariant, else off
     drop_path_rate: float = 0.0  # the model's stochastic depth at the last layer
     drop_rate: float = 0.0  # the model's dropout before the head
@@ -108,6 +113,8 @@ RULES: dict[str, Rule] = {
     "batch_size": at_least(1), "accum_steps": at_least(1), "lr": Rule(lo=0.0, lo_open=True), "min_lr": at_least(0),
     "betas": fraction(), "momentum": fraction(), "weight_decay": at_least(0), "warmup_epochs": at_least(0),
     "clip_grad": at_least(0), "label_smoothing": fraction(), "mixup": at_least(0), "randaug_n": at_least(0),
-    "randaug_m": Rule(0, 30), "crop_pad": at_least(0), "drop_path_rate": fraction(), "drop_rate": fraction(),
+    "randaug_m": Rule(0, 30), "crop_pad": at_least(0),
+    "crop_scale": Rule(0.0, 1.0, lo_open=True), "workers": at_least(0), "memory_budget_gb": Rule(lo=0.0, lo_open=True),
+    "drop_path_rate": fraction(), "drop_rate": fraction(),
     "ema": fraction(), "seed": at_least(0), "eval_batch_size": at_least(1), "max_steps_per_epoch": at_least(1),
 }

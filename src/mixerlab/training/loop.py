@@ -22,12 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ..data.sources import load_dataset
-from ..data.transforms import BatchAugment
-from ..errors import TrainingError
+from ..errors import DataError, TrainingError
 from ..evaluate import evaluate
 from ..io_utils import atomic_write_bytes, atomic_write_json
 from ..models.flops import count_params
@@ -38,10 +36,13 @@ from . import auto
 from . import distributed as dist_utils
 from .checkpoint import open_run, resume_command, save_checkpoint
 from .config import TrainConfig
+from .feed import make_feed
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import step_seed, train_step
 
 log = logging.getLogger(__name__)
+
+MAX_NAMED_BAD = 10  # unusable files named in the log per epoch; all are counted
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Progress:
     epoch_loss_sum: float = 0.0
     epoch_grad_norm_sum: float = 0.0
     epoch_grad_norm_max: float = 0.0
+    epoch_bad_images: int = 0  # files skipped while streaming, this epoch
 
 
 @dataclass
@@ -71,6 +73,7 @@ class EpochStats:
     mean_loss: float
     mean_grad_norm: float  # before clipping
     max_grad_norm: float
+    bad_images: int  # skipped by this process
 
 
 class Run:
@@ -83,7 +86,9 @@ class Run:
         self.precision = pick_precision(cfg.precision, ctx.device)
         torch.manual_seed(cfg.seed)
         size = (cfg.img_size, cfg.img_size) if cfg.img_size and not cfg.pretrained else None
-        self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict)
+        budget = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
+        self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict, stream=cfg.stream,
+                                 workers=cfg.workers, val_data=cfg.val_data, budget_bytes=budget)
         self.model = build_model(cfg, self.data).to(self.device)
         self.ddp = self.model  # what the step calls: the DDP wrapper under torchrun
         if ctx.world_size > 1:
@@ -109,7 +114,7 @@ class Run:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        self.augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.randaug_n, cfg.randaug_m)
+        self.feed = make_feed(self)
         self.progress = Progress()
 
     @property
@@ -126,6 +131,8 @@ class Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            # a shard reader's position mid-epoch (a folder's or memory's is the step alone)
+            "loader": self.feed.state_dict() if self.progress.step_in_epoch else None,
             **dataclasses.asdict(self.progress),
         }
 
@@ -137,6 +144,7 @@ class Run:
             self.ema.load_state_dict(ckpt["ema"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        self.feed.load_state_dict(ckpt.get("loader"))
         p = Progress(**{f.name: ckpt[f.name] for f in dataclasses.fields(Progress) if f.name in ckpt})
         p.metrics = [m for m in p.metrics if m["epoch"] <= p.epoch]
         if p.best_eval is None and (self.run_dir / "best_eval.json").is_file():  # written before 0.2
@@ -168,13 +176,6 @@ class Run:
                  c.data, self.model.config.arch, f"{count_params(self.model):,}", self.data.num_classes,
                  "x".join(map(str, self.data.img_size)), self.steps_per_epoch, self.global_batch, c.batch_size,
                  c.accum_steps, self.ctx.world_size, self.precision)
-
-    def batches(self, order: torch.Tensor, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The step's micro-batches, augmented on the device."""
-        micro, base = self.cfg.batch_size, step * self.cfg.batch_size * self.cfg.accum_steps
-        idx = [order[base + i * micro: base + (i + 1) * micro] for i in range(self.cfg.accum_steps)]
-        train = self.data.train
-        return [(self.augment(train.images[i].to(self.device)), train.labels[i]) for i in idx]
 
 
 # --------------------------------------------------------------------------------------- the loop
@@ -213,22 +214,22 @@ class StopFlag:
 def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     """The steps of one epoch from where the run stands; None when it stopped early (last.pt written)."""
     cfg, ctx, p = run.cfg, run.ctx, run.progress
-    sampler = DistributedSampler(range(len(run.data.train)), num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    order = torch.tensor(list(sampler))
     run.ddp.train()
     start, t_epoch, data_time = p.step_in_epoch, time.perf_counter(), 0.0
     if start == 0:
         p.epoch_loss_sum = p.epoch_grad_norm_sum = p.epoch_grad_norm_max = 0.0
+        p.epoch_bad_images = 0
     show = run.is_main and not cfg.quiet
     bar = tqdm(range(start, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                dynamic_ncols=True, leave=True)
+    feed = run.feed.steps(epoch, start)
     for step in bar:
         torch.manual_seed(step_seed(cfg.seed, epoch, step, ctx.rank))
         t0 = time.perf_counter()
-        batches = run.batches(order, step)
+        batches, errors = next(feed)
         data_time += time.perf_counter() - t0
+        if errors:
+            note_bad_images(run, errors)
         loss, grad_norm = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes, run.device,
                                      run.precision, run.scaler)
         run.scheduler.step()
@@ -248,15 +249,29 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         if dist_utils.any_rank(stop.step_done(), run.device):
             p.train_time_s += time.perf_counter() - t_epoch
             p.epoch, p.step_in_epoch = epoch, step + 1
-            run.save_last()
+            run.save_last()  # while the reader is open: a shard reader's position is saved with it
+            feed.close()
             if run.is_main:
                 log.warning("stopped at epoch %d, step %d; resume with: %s", epoch + 1, step + 1,
                             resume_command(run.run_dir, ctx.world_size))
             return None
     bar.close()
+    feed.close()
     n = run.steps_per_epoch
     return EpochStats(time.perf_counter() - t_epoch, data_time, n - start, p.epoch_loss_sum / n,
-                      p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max)
+                      p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max, p.epoch_bad_images)
+
+
+def note_bad_images(run: Run, errors: list[str]) -> None:
+    """Files a worker could not use: counted and named (the first few of each epoch), or the end of
+    the run under --strict."""
+    if run.cfg.strict:
+        raise DataError(f"{errors[0]} (--strict stops at the first unusable image; without it, it is skipped)")
+    p = run.progress
+    if p.epoch_bad_images < MAX_NAMED_BAD:
+        for e in errors[: MAX_NAMED_BAD - p.epoch_bad_images]:
+            log.warning("skipped an unusable image: %s", e)
+    p.epoch_bad_images += len(errors)
 
 
 def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
@@ -265,6 +280,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
     p.train_time_s += stats.seconds
     ev = evaluate(run.eval_model, run.data.val, run.data.num_classes, run.device, run.cfg.eval_batch_size,
                   run.precision, run.ctx.rank, run.ctx.world_size)
+    ev.pop("hardest_images")
     m = {
         "epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
         "train_loss": dist_utils.mean_across(stats.mean_loss, run.device),
@@ -273,6 +289,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
         "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
         "lr": run.scheduler.get_last_lr()[0], "images_per_s": stats.steps * run.global_batch / stats.seconds,
         "data_time_share": stats.data_seconds / stats.seconds, "elapsed_s": p.train_time_s,
+        "bad_images": round(dist_utils.mean_across(float(stats.bad_images), run.device) * run.ctx.world_size),
     }
     p.metrics.append(m)
     p.epoch, p.step_in_epoch = epoch + 1, 0
@@ -356,7 +373,7 @@ def finish_run(run: Run) -> dict[str, Any]:
     # The hardest images of the final model: one more pass over the validation set on this process.
     final = evaluate(run.eval_model, run.data.val, run.data.num_classes, run.device, run.cfg.eval_batch_size,
                      run.precision, hardest=16)
-    plot_hardest(run.data.val.images, final["hardest"], run.data.classes, run.run_dir / "hardest.png")
+    plot_hardest(final["hardest_images"], final["hardest"], run.data.classes, run.run_dir / "hardest.png")
     if run.model.config.arch == "mixer":
         token_mixing_figure(run.eval_model, 0, run.run_dir)
     write_report(run.run_dir, summary, p.metrics, best, run.data.classes)

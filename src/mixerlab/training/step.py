@@ -38,6 +38,8 @@ def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     """
     total = 0.0
     n = len(batches)
+    if n == 0:  # every image of the step was unusable (streaming skips them): nothing to learn from
+        return 0.0, 0.0
     for i, (xb, yb) in enumerate(batches):
         x = prepare(xb, unwrap(model), device)
         y = yb.to(device)

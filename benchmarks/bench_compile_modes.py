@@ -16,7 +16,8 @@ import time
 import torch
 
 import mixerlab
-from mixerlab.perf.bench import gemm_peak, inference_throughput
+from mixerlab.perf.bench import inference_throughput
+from mixerlab.perf.gemm import gemm_rates
 from mixerlab.perf.timing import machine_info
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = mixerlab.create_model(args.model).to(dev, dtype).eval().requires_grad_(False)
     x = torch.randn(args.batch, model.config.in_chans, *model.config.img_size, device=dev, dtype=dtype)
-    peak = gemm_peak(dtype, dev)["best_gflops"]
+    peak = gemm_rates(dtype, dev)["best_gflops"]
     bound = peak * 1e9 / mixerlab.count_flops(model)
     timing = dict(warmup=1, iters=2, repeats=3)
 

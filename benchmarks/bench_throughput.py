@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 import mixerlab
-from mixerlab.perf.bench import gemm_peak, inference_throughput, train_throughput
+from mixerlab.perf.bench import inference_throughput, train_throughput
+from mixerlab.perf.gemm import gemm_rates
 from mixerlab.perf.timing import machine_info
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     flops = mixerlab.count_flops(ours) * args.batch
 
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        peak = gemm_peak(dtype, dev)
+        peak = gemm_rates(dtype, dev)
         row = {"gemm_gflops": peak["best_gflops"]}
         t = time.perf_counter()
         fast = mixerlab.optimize_for_inference(ours, dtype, compile=True, example=x)

@@ -63,3 +63,49 @@ def test_optimize_bf16_agrees_on_top1():
         agree = (fast(x).argmax(1) == model(x).argmax(1)).float().mean().item()
     assert agree >= 0.99
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_every_fp32_backend_matches_eager_and_the_fastest_is_kept():
+    from mixerlab.perf.inference import _cpu_fp32_candidates
+
+    model, x = _reference()
+    with torch.no_grad():
+        ref = model(x)
+    candidates = _cpu_fp32_candidates(model, ("onednn", "onnxruntime"))
+    assert set(candidates) == {"oneDNN, prepacked weights", "ONNX Runtime"}
+    for name, fn in candidates.items():
+        with torch.inference_mode():
+            torch.testing.assert_close(fn(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=name)
+    fast = optimize_for_inference(model, torch.float32, compile=False, example=x[:8])
+    note = fast.optimizations[-1]
+    assert "x eager" in note and "also measured" in note  # the winner, and the others' ratios
+    torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    only_eager = optimize_for_inference(model, torch.float32, compile=False, backends=())
+    assert only_eager.optimizations[-1] == "eager: 1.00x eager"
+
+
+def test_gemm_rates_name_every_backend_and_the_limit():
+    from mixerlab.perf.gemm import gemm_rates
+
+    res = gemm_rates(torch.float32, "cpu", shapes=((256, 128, 256),))
+    assert set(res["backends"]) == {"torch", "onednn", "onnxruntime"}
+    assert all(v > 0 for v in res["backends"].values())
+    assert res["best_gflops"] == max(res["backends"].values()) and res["best_backend"] in res["backends"]
+    assert set(gemm_rates(torch.bfloat16, "cpu", shapes=((64, 64, 64),))["backends"]) == {"torch"}
+
+
+def test_bench_scaling_reports_local_slopes_beside_the_flop_model(tmp_path):
+    out = tmp_path / "scaling"
+    assert cli(["bench", "--scaling", "--scale-models", "mixer_nano", "vit_nano", "--resolutions", "28", "56", "112",
+                "--quick", "--out", str(out)]) == 0
+    res = json.loads((out / "scaling.json").read_text())
+    series = res["series"]
+    assert set(series) == {"mixer_nano (interpolate: D_S fixed)", "mixer_nano (tiles: D_S x K^2)", "vit_nano"}
+    for s in series.values():
+        assert s["tokens"] == [49, 196, 784] and len(s["slope_measured"]) == len(s["slope_flops"]) == 2
+        assert all(t > 0 for t in s["s_per_img"])
+    # the FLOP model: linear for the interpolated Mixer, faster than linear for the tiled one and ViT
+    assert all(0.95 < p <= 1.0 for p in series["mixer_nano (interpolate: D_S fixed)"]["slope_flops"])
+    assert all(p > 1.1 for p in series["mixer_nano (tiles: D_S x K^2)"]["slope_flops"])
+    assert series["vit_nano"]["slope_flops"][1] > series["vit_nano"]["slope_flops"][0] > 1.0
+    assert "local slope, FLOP model" in (out / "scaling.md").read_text() and (out / "scaling.png").is_file()

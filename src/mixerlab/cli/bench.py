@@ -10,11 +10,14 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="mixerlab models to compare (default: S/16 and B/16 Mixers and ViTs, plus timm's)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--resolutions", type=int, nargs="+", default=[112, 224, 448])
+    p.add_argument("--resolutions", type=int, nargs="+", help="default 112 224 448 (--scaling: 224 448 896 1344)")
     p.add_argument("--scale-models", nargs="+", default=["mixer_b16_224", "vit_b16_224"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--scaling", action="store_true",
+                   help="only the resolution sweep, out to where ViT's attention dominates: batch 1, bf16, "
+                        "local log-log slopes against the FLOP model's (default resolutions 224 448 896 1344)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
 
 
@@ -24,9 +27,22 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..perf.bench import run_default
     from ..perf.runtime import pick_device
 
+    if args.scaling:
+        import torch
+
+        from ..perf.scaling import run_scaling
+
+        res = run_scaling(Path(args.out), tuple(args.scale_models), tuple(args.resolutions or (224, 448, 896, 1344)),
+                          torch.bfloat16 if "bf16" in args.precisions else torch.float32, 1, args.quick)
+        for label, s in res["series"].items():
+            slopes = ", ".join("-" if m is None else f"{m:.2f}" for m in s["slope_measured"])
+            model = ", ".join(f"{p:.2f}" for p in s["slope_flops"])
+            print(f"{label}: local slopes {slopes} (FLOP model {model})")
+        print(f"wrote {args.out}/scaling.json, scaling.md, scaling.png")
+        return 0
     models = [(m, "mixerlab") for m in args.models] if args.models else None
     res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
-                      tuple(args.resolutions), tuple(args.scale_models), tuple(args.precisions))
+                      tuple(args.resolutions or (112, 224, 448)), tuple(args.scale_models), tuple(args.precisions))
     for name, slope in res["loglog_slope"].items():
         print(f"log-log slope of time against patches, {name}: {slope:.2f}")
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")

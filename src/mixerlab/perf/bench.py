@@ -19,24 +19,8 @@ import torch.nn as nn
 from ..models.flops import count_flops
 from ..models.registry import create_model
 from ..training.optim import make_fused
+from .gemm import SHAPES, gemm_rates
 from .timing import machine_info, time_call
-
-
-def gemm_peak(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-              shapes: tuple[tuple[int, int, int], ...] = ((6272, 768, 3072), (6272, 3072, 768), (2048, 2048, 2048)),
-              ) -> dict[str, Any]:
-    """The best GEMM rate (FLOP/s) over the shapes B/16 at batch 32 runs, and a square one."""
-    device = torch.device(device)
-    best, rows = 0.0, []
-    for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
-        c = torch.empty(m, n, device=device, dtype=dtype)  # preallocated: the rate of the GEMM alone
-        s = time_call(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), device, warmup=2, iters=3, repeats=3)
-        rate = 2 * m * k * n / s
-        rows.append({"shape": [m, k, n], "gflops": rate / 1e9})
-        best = max(best, rate)
-    return {"dtype": str(dtype).replace("torch.", ""), "best_gflops": best / 1e9, "shapes": rows}
 
 
 def inference_throughput(model: nn.Module | Callable, x: torch.Tensor, device: torch.device,
@@ -95,7 +79,13 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
     timing = dict(warmup=1, iters=1, repeats=2) if quick else dict(warmup=2, iters=2, repeats=3)
     models = models or [("mixer_s16_224", "mixerlab"), ("vit_s16_224", "mixerlab"), ("mixer_b16_224", "mixerlab"),
                         ("vit_b16_224", "mixerlab"), ("mixer_b16_224", "timm"), ("vit_base_patch16_224", "timm")]
-    results: dict[str, Any] = {"machine": machine_info(), "batch": batch, "inference": [], "scaling": []}
+    results: dict[str, Any] = {"machine": machine_info(), "batch": batch, "inference": [], "scaling": [], "gemm": {}}
+    for prec in precisions:  # the machine's limit: the best GEMM rate of any backend
+        g = gemm_rates(torch.bfloat16 if prec == "bf16" else torch.float32, dev,
+                       ((1024, 768, 3072),) if quick else SHAPES)
+        results["gemm"][prec] = g
+        log(f"GEMM {prec}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in g["backends"].items())
+            + f"; the limit: {g['best_backend']}")
     for name, source in models:
         model = create_model(name) if source == "mixerlab" else timm_model(name)
         if model is None:
@@ -108,7 +98,8 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
         for prec in precisions:
             ips = inference_throughput(model, x, dev, torch.bfloat16 if prec == "bf16" else None, **timing)
             row = {"model": name, "source": source, "precision": prec, "img_s": ips, "img_s_core": ips / cores,
-                   "gflops_per_img": gflops}
+                   "gflops_per_img": gflops,
+                   "share_of_gemm_limit": ips * gflops / results["gemm"][prec]["best_gflops"] if gflops else None}
             results["inference"].append(row)
             log(f"{source:>8} {name:<22} {prec:<5} {ips:8.2f} img/s  {ips / cores:7.2f} img/s/core")
     for name in scale_models:
@@ -135,10 +126,16 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
 
 def to_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}.", "",
-             "| source | model | precision | img/s | img/s/core |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}.", ""]
+    for prec, g in results.get("gemm", {}).items():
+        lines.append(f"GEMM limit, {prec}: " + ", ".join(f"{k} {v:.0f}" for k, v in g["backends"].items())
+                     + f" GFLOP/s; the best is {g['best_backend']}.")
+    lines += ["", "| source | model | precision | img/s | img/s/core | share of the GEMM limit |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["inference"]:
-        lines.append(f"| {r['source']} | {r['model']} | {r['precision']} | {r['img_s']:.2f} | {r['img_s_core']:.2f} |")
+        share = f"{100 * r['share_of_gemm_limit']:.0f}%" if r.get("share_of_gemm_limit") else "-"
+        lines.append(f"| {r['source']} | {r['model']} | {r['precision']} | {r['img_s']:.2f} | {r['img_s_core']:.2f} "
+                     f"| {share} |")
     lines += ["", "| model | px | patches | img/s | GFLOPs/img |", "| --- | --- | --- | --- | --- |"]
     for r in results["scaling"]:
         lines.append(f"| {r['model']} | {r['img_size']} | {r['patches']} | {r['img_s']:.2f} | "

@@ -10,13 +10,20 @@ Why each step (the measurements are in docs/benchmarks.md):
   wins depends on the CPU and the precision (in fp32, oneDNN's compiled GEMMs can lose to MKL's).
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
+- fp32 on a CPU: the GEMMs run at very different rates through MKL (torch's default), oneDNN with
+  prepacked weights and ONNX Runtime's MLAS, and which is fastest depends on the CPU (gemm.py). Each
+  available path is built, checked against eager (1e-4 of the logits' scale) and timed; the fastest
+  is kept.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,14 +58,16 @@ def optimize_for_inference(
     dtype: torch.dtype = torch.float32,
     compile: bool = True,
     example: torch.Tensor | None = None,
+    backends: tuple[str, ...] = ("onednn", "onnxruntime"),
 ) -> InferenceModel:
     """Return a fast, frozen copy of `model` for inference in `dtype` (float32 or bfloat16).
 
-    `compile=True` compiles with torch.compile and freezing on `example` (default: one random image;
-    give your batch size, the compile is specialised to it), times the compiled and the eager forward
-    on it and keeps the faster; `.optimizations` says which and by how much, `.compile_time_s` what the compile
-    cost. Falls back to eager with a warning if Inductor is unusable here. The original model is left
-    untouched.
+    Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights and ONNX Runtime (where the
+    export extra is installed), as `backends` allows; with `compile=True`, torch.compile with
+    freezing. Each is checked against eager and timed on `example` (default: one random image; give
+    your batch size, compiles are specialised to it), and the fastest is kept; `.optimizations` says
+    which and by how much, `.compile_time_s` what building the candidates cost. The original model is
+    left untouched.
     """
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
@@ -70,32 +79,100 @@ def optimize_for_inference(
     if dtype == torch.bfloat16:
         m = m.to(torch.bfloat16)
         optimizations.append("weights cast to bf16 once")
-    fn: Any = m
-    compile_time = 0.0
+    if example is None:
+        h, w = m.config.img_size
+        example = torch.randn(1, m.config.in_chans, h, w)
+    example = example.to(dtype=dtype, device=device)
+    t = time.perf_counter()
+    candidates = {"eager": m}
+    if dtype == torch.float32 and device.type == "cpu":
+        candidates.update(_cpu_fp32_candidates(m, backends))
     if compile:
-        if example is None:
-            h, w = m.config.img_size
-            example = torch.randn(1, m.config.in_chans, h, w)
-        example = example.to(dtype=dtype, device=device)
-        try:
-            import torch._inductor.config as inductor_config
+        compiled = _compiled(m, example)
+        if compiled is not None:
+            candidates["torch.compile (Inductor, freezing)"] = compiled
+    build_time = time.perf_counter() - t
+    name, fn, note = _fastest(candidates, example, device, dtype)
+    optimizations.append(note)
+    return InferenceModel(m, fn, dtype, optimizations, build_time)
 
-            inductor_config.freezing = True
-            compiled = torch.compile(m, dynamic=False)
-            t = time.perf_counter()
-            with torch.inference_mode():
-                compiled(example)
-            compile_time = time.perf_counter() - t
-        except Exception as e:  # a missing C++ compiler, an unsupported platform
-            log.warning("torch.compile unavailable (%s: %s); using eager", type(e).__name__, str(e)[:200])
-        else:
-            # Measurement picks: on some CPUs oneDNN's compiled fp32 GEMMs lose to MKL's eager ones.
-            with torch.inference_mode():
-                t_compiled, t_eager = (time_call(lambda f=f: f(example), device, warmup=1, iters=1,
-                                                 repeats=3) for f in (compiled, m))
-            if t_compiled < t_eager:
-                fn = compiled
-                optimizations.append(f"torch.compile (Inductor, freezing): {t_eager / t_compiled:.2f}x eager")
-            else:
-                optimizations.append(f"eager: torch.compile measured {t_eager / t_compiled:.2f}x eager, not used")
-    return InferenceModel(m, fn, dtype, optimizations, compile_time)
+
+def _cpu_fp32_candidates(m: nn.Module, backends: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "onednn" in backends and torch.backends.mkldnn.is_available():
+        with warnings.catch_warnings():  # MkldnnLinear is declared with a TorchScript API torch now deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            out["oneDNN, prepacked weights"] = to_onednn(m)
+    if "onnxruntime" in backends:
+        ort = _onnxruntime(m)
+        if ort is not None:
+            out["ONNX Runtime"] = ort
+    return out
+
+
+def to_onednn(model: nn.Module) -> nn.Module:
+    """A copy whose Linear layers run through oneDNN with their weights prepacked once. Token mixing
+    multiplies by its weights from the left (`TokenMlp`), which oneDNN's linear does not do: it keeps
+    torch's path (an eighth of B/16's GEMM FLOPs)."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    from ..models.mixer import TokenMlp
+
+    m = copy.deepcopy(model)
+    for parent in list(m.modules()):
+        if isinstance(parent, TokenMlp):
+            continue
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                setattr(parent, name, MkldnnLinear(child, torch.float32))
+    return m
+
+
+def _onnxruntime(m: nn.Module) -> Any:
+    """The model exported to ONNX and loaded in ONNX Runtime; None without the export extra."""
+    try:
+        from ..export.onnx import export_onnx
+        from ..export.runtime import load_exported
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mixerlab-ort-") as folder:
+        try:
+            export_onnx(m, Path(folder) / "model.onnx", "optimize_for_inference")
+            return load_exported(Path(folder) / "model.onnx")  # the session holds the graph in memory
+        except Exception as e:  # noqa: BLE001 - a missing package or an export failure: the others remain
+            log.info("ONNX Runtime candidate unavailable: %s: %s", type(e).__name__, str(e)[:200])
+            return None
+
+
+def _compiled(m: nn.Module, example: torch.Tensor) -> Any:
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(m, dynamic=False)
+        with torch.inference_mode():
+            compiled(example)
+        return compiled
+    except Exception as e:  # a missing C++ compiler, an unsupported platform
+        log.warning("torch.compile unavailable (%s: %s); using eager", type(e).__name__, str(e)[:200])
+        return None
+
+
+def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.device, dtype: torch.dtype
+             ) -> tuple[str, Any, str]:
+    """The fastest candidate whose output agrees with eager's; a note with every time."""
+    with torch.inference_mode():
+        ref = candidates["eager"](example).float()
+        scale = ref.abs().max().clamp_min(1e-6)
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        times = {}
+        for name, fn in candidates.items():
+            err = ((fn(example).float() - ref).abs().max() / scale).item()
+            if err > tol:
+                log.warning("%s differs from eager by %.1e of the logits' scale; not used", name, err)
+                continue
+            times[name] = time_call(lambda f=fn: f(example), device, warmup=1, iters=1, repeats=3)
+    best = min(times, key=times.get)
+    others = ", ".join(f"{n} {times['eager'] / t:.2f}x" for n, t in times.items() if n not in (best, "eager"))
+    note = f"{best}: {times['eager'] / times[best]:.2f}x eager" + (f" (also measured: {others})" if others else "")
+    return best, candidates[best], note

@@ -1,0 +1,83 @@
+"""The demo model's training step against its own GEMMs, in one run: how far the step is from the
+matrix products it cannot avoid.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--precision bf16] [--steps 20]
+
+The step is the trainer's own (`training.step.train_step`: prepare, forward, loss, backward,
+clipping, the optimiser), on the demo recipe's model and batch (Muon for the hidden matrices). The
+GEMMs are the same products timed alone with torch.mm in the step's precision: for every Linear of
+the forward pass (M x K by K x N), the forward product and the backward's two (dX = dY W, dW = X^T dY),
+for the patch stem (as a GEMM) and the head. Muon's Newton-Schulz products are timed separately: they
+belong to the optimiser. Prints step time / GEMM time and writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from mixerlab.models.registry import get_config, model_from_config
+from mixerlab.perf.timing import machine_info, time_call
+from mixerlab.training.config import TrainConfig
+from mixerlab.training.recipes import RECIPES
+from mixerlab.training.setup import build_optimizer
+from mixerlab.training.step import train_step
+
+
+def gemm_shapes(cfg, batch: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every forward GEMM of a Mixer training step."""
+    s, c, b = cfg.num_patches, cfg.embed_dim, batch
+    stem = [(b * s, cfg.in_chans * cfg.patch_size**2, c)]
+    block = [(cfg.tokens_mlp_dim, s, b * c), (s, cfg.tokens_mlp_dim, b * c),  # token mixing: W @ X
+             (b * s, c, cfg.channels_mlp_dim), (b * s, cfg.channels_mlp_dim, c)]  # channel mixing: X @ W^T
+    return stem + block * cfg.depth + [(b, c, cfg.num_classes)]
+
+
+def gemm_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype) -> float:
+    """Forward and backward products of every shape, each timed alone (the median of repeats)."""
+    total = 0.0
+    for m, k, n in shapes:
+        for a_shape, b_shape in (((m, k), (k, n)), ((m, n), (n, k)), ((k, m), (m, n))):
+            a, b = torch.randn(*a_shape, dtype=dtype), torch.randn(*b_shape, dtype=dtype)
+            out = torch.empty(a_shape[0], b_shape[1], dtype=dtype)
+            total += time_call(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), torch.device("cpu"), warmup=2,
+                               iters=5, repeats=3)
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="runs/bench-train-step")
+    args = ap.parse_args()
+    demo = RECIPES["demo"]
+    tcfg = TrainConfig(**{k: v for k, v in demo.items() if k != "epochs"}, precision=args.precision, epochs=1)
+    mcfg = get_config(demo["model"], img_size=28, in_chans=1, num_classes=10, **demo["model_args"])
+    model = model_from_config(mcfg)
+    opt = build_optimizer(tcfg, model)
+    b = tcfg.batch_size
+    batches = [(torch.randint(0, 256, (b, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (b,)))]
+    dev = torch.device("cpu")
+
+    def step():
+        train_step(model, batches, opt, tcfg, 10, dev, args.precision)
+
+    step_s = time_call(step, dev, warmup=3, iters=args.steps, repeats=3)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    gemm_s = gemm_seconds(gemm_shapes(mcfg, b), dtype)
+    res = {"machine": machine_info(), "precision": args.precision, "batch": b, "model": mcfg.to_dict(),
+           "step_ms": 1e3 * step_s, "gemm_ms": 1e3 * gemm_s, "step_over_gemm": step_s / gemm_s,
+           "img_s": b / step_s}
+    print(f"demo model, batch {b}, {args.precision}: step {1e3 * step_s:.1f} ms ({b / step_s:.0f} img/s), its "
+          f"GEMMs alone {1e3 * gemm_s:.1f} ms: step / GEMMs = {step_s / gemm_s:.2f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

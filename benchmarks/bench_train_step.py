@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,49 @@ def gemm_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype) -> floa
     return total
 
 
+def timm_plain_step(mcfg, batch: int):
+    """The peer: timm's MlpMixer of the same shape in a plain PyTorch loop (fused AdamW, bf16 autocast)."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    model = MlpMixer(num_classes=10, img_size=28, in_chans=1, patch_size=mcfg.patch_size, num_blocks=mcfg.depth,
+                     embed_dim=mcfg.embed_dim, mlp_ratio=(mcfg.tokens_mlp_dim / mcfg.embed_dim,
+                                                          mcfg.channels_mlp_dim / mcfg.embed_dim))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x.float() / 127.5 - 1), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def trainer_step(tcfg, mcfg, precision: str, muon: str, compile_: bool):
+    """The trainer's own step on the demo model, with torch's Muon or the batched one, eager or compiled."""
+    from mixerlab.training import optim
+
+    model = model_from_config(mcfg)
+    if muon == "torch":  # the reference: one matrix at a time
+        import mixerlab.training.muon as m
+
+        saved, m.BatchedMuon = m.BatchedMuon, torch.optim.Muon
+        opt = build_optimizer(tcfg, model)
+        m.BatchedMuon = saved
+    else:
+        opt = build_optimizer(tcfg, model)
+    assert isinstance(opt, optim.MuonAdamW)
+    b = tcfg.batch_size
+    batches = [(torch.randint(0, 256, (b, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (b,)))]
+    run = torch.compile(model) if compile_ else model
+    t = time.perf_counter()
+    train_step(run, batches, opt, tcfg, 10, torch.device("cpu"), precision)
+    return (lambda: train_step(run, batches, opt, tcfg, 10, torch.device("cpu"), precision)), time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
@@ -57,23 +101,27 @@ def main() -> None:
     demo = RECIPES["demo"]
     tcfg = TrainConfig(**{k: v for k, v in demo.items() if k != "epochs"}, precision=args.precision, epochs=1)
     mcfg = get_config(demo["model"], img_size=28, in_chans=1, num_classes=10, **demo["model_args"])
-    model = model_from_config(mcfg)
-    opt = build_optimizer(tcfg, model)
-    b = tcfg.batch_size
-    batches = [(torch.randint(0, 256, (b, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (b,)))]
-    dev = torch.device("cpu")
-
-    def step():
-        train_step(model, batches, opt, tcfg, 10, dev, args.precision)
-
-    step_s = time_call(step, dev, warmup=3, iters=args.steps, repeats=3)
+    b, dev = tcfg.batch_size, torch.device("cpu")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    gemm_s = gemm_seconds(gemm_shapes(mcfg, b), dtype)
-    res = {"machine": machine_info(), "precision": args.precision, "batch": b, "model": mcfg.to_dict(),
-           "step_ms": 1e3 * step_s, "gemm_ms": 1e3 * gemm_s, "step_over_gemm": step_s / gemm_s,
-           "img_s": b / step_s}
-    print(f"demo model, batch {b}, {args.precision}: step {1e3 * step_s:.1f} ms ({b / step_s:.0f} img/s), its "
-          f"GEMMs alone {1e3 * gemm_s:.1f} ms: step / GEMMs = {step_s / gemm_s:.2f}")
+    timing = dict(warmup=3, iters=args.steps, repeats=3)
+    res = {"machine": machine_info(), "precision": args.precision, "batch": b, "model": mcfg.to_dict(), "ms": {}}
+    res["ms"]["GEMMs alone (forward and backward)"] = 1e3 * gemm_seconds(gemm_shapes(mcfg, b), dtype)
+    for label, muon, comp in (("trainer, torch Muon (before)", "torch", False),
+                              ("trainer, batched Muon", "batched", False),
+                              ("trainer, batched Muon, torch.compile", "batched", True)):
+        step, first = trainer_step(tcfg, mcfg, args.precision, muon, comp)
+        res["ms"][label] = 1e3 * time_call(step, dev, **timing)
+        res.setdefault("first_step_s", {})[label] = first
+    try:
+        res["ms"]["plain loop, timm MlpMixer"] = 1e3 * time_call(timm_plain_step(mcfg, b), dev, **timing)
+    except ImportError:
+        pass
+    gemm = res["ms"]["GEMMs alone (forward and backward)"]
+    peer = res["ms"].get("plain loop, timm MlpMixer")
+    print(f"demo model, batch {b}, {args.precision}, {machine_info()['cpu']}:")
+    for label, ms in res["ms"].items():
+        vs_peer = f", {peer / ms:.2f}x the plain timm loop" if peer and "trainer" in label else ""
+        print(f"  {label:<40} {ms:7.1f} ms  {b / ms * 1e3:6.0f} img/s  {ms / gemm:.2f}x its GEMMs{vs_peer}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2))

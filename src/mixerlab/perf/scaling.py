@@ -38,10 +38,10 @@ def _variants(name: str, res: int) -> list[tuple[str, Any]]:
 
 
 def _seconds_per_image(cfg: Any, dtype: torch.dtype, batch: int, timing: dict) -> float | None:
-    model = model_from_config(cfg)
-    if sum(p.numel() for p in model.parameters()) > MAX_MEASURED_PARAMS:
-        return None
-    model = model.to(dtype).eval()
+    with torch.device("meta"):  # counted without allocating
+        if sum(p.numel() for p in model_from_config(cfg).parameters()) > MAX_MEASURED_PARAMS:
+            return None
+    model = model_from_config(cfg).to(dtype).eval()
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size, dtype=dtype)
     with torch.inference_mode():
         return time_call(lambda: model(x), torch.device("cpu"), **timing) / batch

@@ -1,7 +1,8 @@
 """Optimisers: AdamW and SGD (the paper's two recipes), and Muon for the hidden matrices.
 
 Muon (Jordan et al. 2024, `torch.optim.Muon` since torch 2.9) orthogonalises the momentum of each
-weight matrix before the update. It only applies to the matrices inside the network: the patch stem,
+weight matrix before the update; `muon.BatchedMuon` is torch's, with the matrices of one shape
+orthogonalised together. It only applies to the matrices inside the network: the patch stem,
 the head, and every bias and norm scale are left to AdamW, as its authors prescribe. `MuonAdamW`
 runs the two as one optimiser, so the LR scheduler, gradient clipping, GradScaler and checkpoints
 see a single object.
@@ -50,6 +51,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if not hasattr(torch.optim, "Muon"):
             raise MixerlabError(f"optimizer 'muon' needs torch >= 2.9 (torch.optim.Muon); this is torch "
                                f"{torch.__version__}. Use --optimizer adamw.")
+        from .muon import BatchedMuon  # subclasses torch.optim.Muon: importable from torch 2.9 only
+
         kw = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
         if dist_utils.active():
             # Every process would orthogonalise every matrix; under DDP each one takes its share and
@@ -57,10 +60,10 @@ class MuonAdamW(torch.optim.Optimizer):
             # broadcast per parameter (docs/results.md).
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
-            self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=torch.optim.Muon,
+            self.muon = ZeroRedundancyOptimizer(muon_params, optimizer_class=BatchedMuon,
                                                 parameters_as_bucket_view=True, **kw)
         else:
-            self.muon = torch.optim.Muon(muon_params, **kw)
+            self.muon = BatchedMuon(muon_params, **kw)
         self.adamw = make_fused(torch.optim.AdamW, adamw_groups, lr=lr, betas=betas)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={"lr": lr})
 

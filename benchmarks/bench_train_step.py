@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mixerlab.models.registry import get_config, model_from_config
+from mixerlab.perf.allocator import tune_cpu_allocator
 from mixerlab.perf.timing import machine_info, time_call
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.recipes import RECIPES
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="runs/bench-train-step")
     args = ap.parse_args()
+    tune_cpu_allocator()  # as the trainer does on a CPU; every variant below, the peer included, runs with it
     demo = RECIPES["demo"]
     tcfg = TrainConfig(**{k: v for k, v in demo.items() if k != "epochs"}, precision=args.precision, epochs=1)
     mcfg = get_config(demo["model"], img_size=28, in_chans=1, num_classes=10, **demo["model_args"])

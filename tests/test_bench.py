@@ -21,6 +21,11 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     assert [r["patches"] for r in res["scaling"] if r["model"] == "mixer_nano"] == [49, 196]
     assert set(res["loglog_slope"]) == {"mixer_nano", "vit_nano"}
     assert (out / "bench.md").read_text().startswith("Machine:") and (out / "bench.png").is_file()
+    # the limit each model is measured against: the best GEMM rate of any backend, per precision
+    assert set(res["gemm"]["fp32"]["backends"]) == {"torch", "onednn", "onnxruntime"}
+    assert set(res["gemm"]["bf16"]["backends"]) == {"torch"}
+    assert all(0 < r["share_of_gemm_limit"] for r in res["inference"])
+    assert "GEMM limit, fp32:" in (out / "bench.md").read_text()
 
 
 def test_loglog_slope():

@@ -16,7 +16,7 @@ from ..validation import Rule, at_least, check_known_keys, fraction, validate
 
 # What may change when a run is resumed: how long it trains and where and how it runs, never what it
 # learns from or how (that would not continue the same run).
-RESUMABLE = ("epochs", "quiet", "device", "eval_batch_size", "data_dir", "strict")
+RESUMABLE = ("epochs", "quiet", "device", "eval_batch_size", "data_dir", "strict", "compile")
 
 # Old option names, still read: the same names as the model config's now.
 RENAMED = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
@@ -63,6 +63,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 turns it off
     # mechanics
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the training step's model: fused GELU, LayerNorm and casts
     device: str = "auto"
     seed: int = 0
     eval_batch_size: int = 512

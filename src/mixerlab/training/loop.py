@@ -38,7 +38,7 @@ from .checkpoint import open_run, resume_command, save_checkpoint
 from .config import TrainConfig
 from .feed import make_feed
 from .setup import build_model, build_optimizer, lr_lambda
-from .step import step_seed, train_step
+from .step import compile_for_training, step_seed, train_step
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class Run:
         if ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:  # after the DDP wrapper, as torch recommends; evaluation runs the plain model
+            self.ddp = compile_for_training(self.ddp)
         self.optimizer = build_optimizer(cfg, self.model)
         self.global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
         self.steps_per_epoch = len(self.data.train) // self.global_batch

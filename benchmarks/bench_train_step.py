@@ -1,14 +1,17 @@
-"""The demo model's training step against its own GEMMs, in one run: how far the step is from the
-matrix products it cannot avoid.
+"""A training step against its own GEMMs and against a plain PyTorch loop, in one run: how far the
+step is from the matrix products it cannot avoid.
 
     .venv/bin/python benchmarks/bench_train_step.py [--precision bf16] [--steps 20]
+    .venv/bin/python benchmarks/bench_train_step.py --model mixer_b16_224 --batch 256 --device cuda --peak-tflops 989
 
 The step is the trainer's own (`training.step.train_step`: prepare, forward, loss, backward,
-clipping, the optimiser), on the demo recipe's model and batch (Muon for the hidden matrices). The
-GEMMs are the same products timed alone with torch.mm in the step's precision: for every Linear of
-the forward pass (M x K by K x N), the forward product and the backward's two (dX = dY W, dW = X^T dY),
-for the patch stem (as a GEMM) and the head. Muon's Newton-Schulz products are timed separately: they
-belong to the optimiser. Prints step time / GEMM time and writes results.json.
+clipping, the optimiser): by default on the demo recipe's model, batch and optimiser (Muon, both
+torch's and the batched one), else on a registered Mixer with AdamW. The GEMMs are the same products
+timed alone with torch.mm in the step's precision: for every Linear of the forward pass (M x K by
+K x N), the forward product and the backward's two (dX = dY W, dW = X^T dY), the patch stem (as a
+GEMM) and the head; the optimiser's products are not counted. The peer is timm's MlpMixer of the same
+shape in a plain loop (fused AdamW, bf16 autocast). With --peak-tflops it prints the model FLOP
+utilisation (3 x the forward FLOPs per image). Writes results.json.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from mixerlab.models.flops import count_flops
 from mixerlab.models.registry import get_config, model_from_config
-from mixerlab.perf.allocator import tune_cpu_allocator
+from mixerlab.perf.runtime import pick_device
 from mixerlab.perf.timing import machine_info, time_call
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.recipes import RECIPES
@@ -38,31 +42,33 @@ def gemm_shapes(cfg, batch: int) -> list[tuple[int, int, int]]:
     return stem + block * cfg.depth + [(b, c, cfg.num_classes)]
 
 
-def gemm_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype) -> float:
+def gemm_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device) -> float:
     """Forward and backward products of every shape, each timed alone (the median of repeats)."""
     total = 0.0
     for m, k, n in shapes:
         for a_shape, b_shape in (((m, k), (k, n)), ((m, n), (n, k)), ((k, m), (m, n))):
-            a, b = torch.randn(*a_shape, dtype=dtype), torch.randn(*b_shape, dtype=dtype)
-            out = torch.empty(a_shape[0], b_shape[1], dtype=dtype)
-            total += time_call(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), torch.device("cpu"), warmup=2,
-                               iters=5, repeats=3)
+            a = torch.randn(*a_shape, dtype=dtype, device=device)
+            b = torch.randn(*b_shape, dtype=dtype, device=device)
+            out = torch.empty(a_shape[0], b_shape[1], dtype=dtype, device=device)
+            total += time_call(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device, warmup=2, iters=5,
+                               repeats=3)
     return total
 
 
-def timm_plain_step(mcfg, batch: int):
+def timm_plain_step(mcfg, batch: int, device: torch.device):
     """The peer: timm's MlpMixer of the same shape in a plain PyTorch loop (fused AdamW, bf16 autocast)."""
     from timm.models.mlp_mixer import MlpMixer
 
-    model = MlpMixer(num_classes=10, img_size=28, in_chans=1, patch_size=mcfg.patch_size, num_blocks=mcfg.depth,
-                     embed_dim=mcfg.embed_dim, mlp_ratio=(mcfg.tokens_mlp_dim / mcfg.embed_dim,
-                                                          mcfg.channels_mlp_dim / mcfg.embed_dim))
+    h, w = mcfg.img_size
+    ratio = (mcfg.tokens_mlp_dim / mcfg.embed_dim, mcfg.channels_mlp_dim / mcfg.embed_dim)
+    model = MlpMixer(num_classes=mcfg.num_classes, img_size=(h, w), in_chans=mcfg.in_chans, patch_size=mcfg.patch_size,
+                     num_blocks=mcfg.depth, embed_dim=mcfg.embed_dim, mlp_ratio=ratio).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randint(0, 256, (batch, mcfg.in_chans, h, w), dtype=torch.uint8, device=device)
+    y = torch.randint(0, mcfg.num_classes, (batch,), device=device)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(x.float() / 127.5 - 1), y)
         loss.backward()
         opt.step()
@@ -71,62 +77,90 @@ def timm_plain_step(mcfg, batch: int):
     return step
 
 
-def trainer_step(tcfg, mcfg, precision: str, muon: str, compile_: bool):
-    """The trainer's own step on the demo model, with torch's Muon or the batched one, eager or compiled."""
-    from mixerlab.training import optim
+def trainer_step(tcfg, mcfg, device: torch.device, muon: str, compile_: bool):
+    """The trainer's own step, with torch's Muon or the batched one (for --optimizer muon), eager or compiled."""
+    import mixerlab.training.muon as m
 
-    model = model_from_config(mcfg)
+    model = model_from_config(mcfg).to(device)
+    saved = m.BatchedMuon
     if muon == "torch":  # the reference: one matrix at a time
-        import mixerlab.training.muon as m
-
-        saved, m.BatchedMuon = m.BatchedMuon, torch.optim.Muon
+        m.BatchedMuon = torch.optim.Muon
+    try:
         opt = build_optimizer(tcfg, model)
+    finally:
         m.BatchedMuon = saved
-    else:
-        opt = build_optimizer(tcfg, model)
-    assert isinstance(opt, optim.MuonAdamW)
+    h, w = mcfg.img_size
     b = tcfg.batch_size
-    batches = [(torch.randint(0, 256, (b, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (b,)))]
+    batches = [(torch.randint(0, 256, (b, mcfg.in_chans, h, w), dtype=torch.uint8),
+                torch.randint(0, mcfg.num_classes, (b,)))]
     run = torch.compile(model) if compile_ else model
+
+    def step():
+        train_step(run, batches, opt, tcfg, mcfg.num_classes, device, tcfg.precision)
+
     t = time.perf_counter()
-    train_step(run, batches, opt, tcfg, 10, torch.device("cpu"), precision)
-    return (lambda: train_step(run, batches, opt, tcfg, 10, torch.device("cpu"), precision)), time.perf_counter() - t
+    step()
+    return step, time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="demo", help="demo (the demo recipe's model and optimiser) or a registered "
+                                                    "Mixer name, e.g. mixer_b16_224 for the GPU figures")
+    ap.add_argument("--batch", type=int, help="default: the demo's 128, else 64")
+    ap.add_argument("--optimizer", default=None, choices=["adamw", "muon", "sgd"])
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak in this precision, for the model "
+                                                      "FLOP utilisation (H100 SXM bf16: 989)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="runs/bench-train-step")
     args = ap.parse_args()
-    tune_cpu_allocator()  # as the trainer does on a CPU; every variant below, the peer included, runs with it
+    dev = pick_device(args.device)  # tunes malloc on a CPU, as the trainer does: every row below runs with it
     demo = RECIPES["demo"]
-    tcfg = TrainConfig(**{k: v for k, v in demo.items() if k != "epochs"}, precision=args.precision, epochs=1)
-    mcfg = get_config(demo["model"], img_size=28, in_chans=1, num_classes=10, **demo["model_args"])
-    b, dev = tcfg.batch_size, torch.device("cpu")
+    if args.model == "demo":
+        opts = {k: v for k, v in demo.items() if k not in ("epochs", "model", "model_args")}
+        mcfg = get_config(demo["model"], img_size=28, in_chans=1, num_classes=10, **demo["model_args"])
+    else:
+        opts = dict(batch_size=64, optimizer="adamw")
+        mcfg = get_config(args.model, num_classes=1000)
+    opts.update({k: v for k, v in (("batch_size", args.batch), ("optimizer", args.optimizer)) if v})
+    tcfg = TrainConfig(**opts, precision=args.precision, epochs=1)
+    b = tcfg.batch_size
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     timing = dict(warmup=3, iters=args.steps, repeats=3)
-    res = {"machine": machine_info(), "precision": args.precision, "batch": b, "model": mcfg.to_dict(), "ms": {}}
-    res["ms"]["GEMMs alone (forward and backward)"] = 1e3 * gemm_seconds(gemm_shapes(mcfg, b), dtype)
-    for label, muon, comp in (("trainer, torch Muon (before)", "torch", False),
-                              ("trainer, batched Muon", "batched", False),
-                              ("trainer, batched Muon, torch.compile", "batched", True)):
-        step, first = trainer_step(tcfg, mcfg, args.precision, muon, comp)
+    res = {"machine": machine_info(), "device": str(dev), "precision": args.precision, "batch": b,
+           "model": mcfg.to_dict(), "optimizer": tcfg.optimizer, "ms": {}}
+    res["ms"]["GEMMs alone (forward and backward)"] = 1e3 * gemm_seconds(gemm_shapes(mcfg, b), dtype, dev)
+    variants = [("trainer", "batched", False), ("trainer, torch.compile", "batched", True)]
+    if tcfg.optimizer == "muon":
+        variants = [("trainer, torch Muon (before)", "torch", False), ("trainer, batched Muon", "batched", False),
+                    ("trainer, batched Muon, torch.compile", "batched", True)]
+    for label, muon, comp in variants:
+        step, first = trainer_step(tcfg, mcfg, dev, muon, comp)
         res["ms"][label] = 1e3 * time_call(step, dev, **timing)
         res.setdefault("first_step_s", {})[label] = first
     try:
-        res["ms"]["plain loop, timm MlpMixer"] = 1e3 * time_call(timm_plain_step(mcfg, b), dev, **timing)
+        res["ms"]["plain loop, timm MlpMixer"] = 1e3 * time_call(timm_plain_step(mcfg, b, dev), dev, **timing)
     except ImportError:
         pass
-    gemm = res["ms"]["GEMMs alone (forward and backward)"]
-    peer = res["ms"].get("plain loop, timm MlpMixer")
-    print(f"demo model, batch {b}, {args.precision}, {machine_info()['cpu']}:")
-    for label, ms in res["ms"].items():
-        vs_peer = f", {peer / ms:.2f}x the plain timm loop" if peer and "trainer" in label else ""
-        print(f"  {label:<40} {ms:7.1f} ms  {b / ms * 1e3:6.0f} img/s  {ms / gemm:.2f}x its GEMMs{vs_peer}")
+    report(res, mcfg, b, args.peak_tflops)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2))
+
+
+def report(res: dict, mcfg, b: int, peak_tflops: float | None) -> None:
+    gemm = res["ms"]["GEMMs alone (forward and backward)"]
+    peer = res["ms"].get("plain loop, timm MlpMixer")
+    step_flops = 3 * count_flops(mcfg) * b  # forward, and a backward of twice its products
+    print(f"{res['model']['arch']} C{mcfg.embed_dim} N{mcfg.depth} {mcfg.img_size[0]} px, batch {b}, "
+          f"{res['precision']}, {res['device']}, {res['machine']['cpu']}:")
+    for label, ms in res["ms"].items():
+        vs_peer = f", {peer / ms:.2f}x the plain timm loop" if peer and "trainer" in label else ""
+        mfu = (f", MFU {100 * step_flops / (ms * 1e-3) / (peak_tflops * 1e12):.0f}%"
+               if peak_tflops and "GEMMs" not in label else "")
+        print(f"  {label:<40} {ms:8.1f} ms  {b / ms * 1e3:7.0f} img/s  {ms / gemm:.2f}x its GEMMs{vs_peer}{mfu}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import tarfile
 import sys
 import threading
 from pathlib import Path
@@ -94,6 +95,10 @@ def test_shards_train_evaluate_and_resume_bitwise_with_two_workers(shards, tmp_p
     assert sum(index["splits"]["train"]["counts"].values()) == 49  # 48 images and the corrupt file
     pattern = str(shards / index["splits"]["train"]["pattern"])
     train(_cfg(pattern, tmp_path / "whole"))
+    members = [n for t in sorted(shards.glob("train-*.tar")) for n in tarfile.open(t).getnames()]
+    assert any(n.endswith("-zz_corrupt.jpg") for n in members)  # keys name the files they came from
+    with tarfile.open(shards / "train-000000.tar") as t:  # shuffled when packed: not one class a shard
+        assert len({t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".cls")}) > 1
     train(_cfg(pattern, tmp_path / "parts"), stop_after_steps=4)  # mid-epoch: 6 steps an epoch
     ckpt = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
     assert ckpt["step_in_epoch"] == 4 and ckpt["loader"] is not None

@@ -63,10 +63,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _calibration(model, args: argparse.Namespace):
     """Batches of normalised float32 images from --data for static int8 calibration."""
+    import itertools
+
     import torch
 
     from ..data.sources import load_dataset
     from ..data.transforms import prepare
-    images = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size)).train.images
-    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.calibration_images]]
-    return [prepare(b, model, torch.device("cpu")).numpy() for b in images.split(32)]
+    data = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size))
+    n = args.calibration_images
+    if data.streaming:  # a random sample of a folder, or the first images of (shuffled) shards
+        split = data.train.subset(n, seed=0) if hasattr(data.train, "subset") else data.train
+        images = torch.cat([x for _, x, _, _ in itertools.islice(split.eval_batches(model.config, 32), -(-n // 32))])
+    else:
+        images = data.train.images
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]]
+    return [prepare(b, model, torch.device("cpu")).numpy() for b in images[:n].split(32)]

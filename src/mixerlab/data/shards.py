@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import random
+import re
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -240,7 +241,8 @@ def pack(items_by_split: dict[str, list[tuple[Path, int]]], classes: list[str], 
         counts: dict[str, int] = {}
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
             for i, (path, label) in enumerate(tqdm(items, desc=f"pack {name}", disable=not progress)):
-                sink.write({"__key__": f"{i:09d}", path.suffix.lower().lstrip("."): Path(path).read_bytes(),
+                key = f"{i:09d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)  # names the file in errors
+                sink.write({"__key__": key, path.suffix.lower().lstrip("."): Path(path).read_bytes(),
                             "cls": str(label).encode()})
                 shard = Path(sink.fname).name
                 counts[shard] = counts.get(shard, 0) + 1
@@ -260,6 +262,10 @@ def pack_folder(root: Path, out: Path, shard_size: int, val_split: float = 0.1, 
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
     classes, train_items, val_items = _split_items(Path(root), val_split, seed)
+    # Shards are read in order and shuffled only within a buffer: write the samples in random order,
+    # or a buffer would hold one class at a time.
+    rng = torch.Generator().manual_seed(seed)
+    train_items = [train_items[i] for i in torch.randperm(len(train_items), generator=rng).tolist()]
     size, channels = _sample_shape(train_items, img_size, seed)
     if img_size is None and max(size) > STREAM_DEFAULT_SIZE:
         size = (STREAM_DEFAULT_SIZE, STREAM_DEFAULT_SIZE)

@@ -158,6 +158,11 @@ class FolderStream:
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, n: int, seed: int = 0) -> FolderStream:
+        """`n` items drawn at random (all of them if there are fewer)."""
+        pick = torch.randperm(len(self.items), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        return FolderStream([self.items[i] for i in pick], self.channels, self.size, self.workers)
+
     def train_loader(self, transform: Callable, batch_size: int, seed: int, rank: int, world_size: int,
                      device: torch.device) -> tuple[DataLoader, EpochSampler]:
         sampler = EpochSampler(len(self.items), seed, rank, world_size)

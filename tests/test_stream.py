@@ -6,8 +6,8 @@ import json
 import logging
 import os
 import subprocess
-import tarfile
 import sys
+import tarfile
 import threading
 from pathlib import Path
 

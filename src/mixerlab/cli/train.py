@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-
 # ----------------------------------------------------------------------------------------- train
+HELP = {
+    "stream": "read images from disk as the run trains, in worker processes (default: when the decoded folder "
+              "would pass the memory budget; shards always stream)",
+    "workers": "decoding processes when streaming (default: the cores less one, at most 8)",
+    "memory_budget_gb": "a folder that would take more memory than this decoded is streamed (default: half the "
+                        "available memory)",
+    "val_data": "validation shards, when --data names training shards (default: the ones dataset.json lists)",
+    "crop_scale": "streaming: the smallest area of a random resized crop (default 0.08)",
+    "compile": "run the step's forward and backward through torch.compile (the first step pays the compile)",
+}
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -37,15 +48,16 @@ def add_train(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
         if kind is bool:
-            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP.get(f.name))
         elif isinstance(default, tuple):
             p.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=None)
         elif kind in (int, float):
             p.add_argument(*flags, dest=f.name, type=kind, default=None,
-                           help=f"default {'from the data' if default is None else default}")
+                           help=HELP.get(f.name, f"default {'from the data' if default is None else default}"))
         else:
             p.add_argument(*flags, dest=f.name, default=None, choices=CHOICES.get(f.name),
-                           help=f"default {default}" if default is not None else None)
+                           help=HELP.get(f.name, f"default {default}" if default is not None else None))
 
 
 def run_train(args: argparse.Namespace) -> int:

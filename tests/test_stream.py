@@ -101,7 +101,7 @@ def test_shards_train_evaluate_and_resume_bitwise_with_two_workers(shards, tmp_p
         assert len({t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".cls")}) > 1
     train(_cfg(pattern, tmp_path / "parts"), stop_after_steps=4)  # mid-epoch: 6 steps an epoch
     ckpt = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
-    assert ckpt["step_in_epoch"] == 4 and ckpt["loader"] is not None
+    assert ckpt["step_in_epoch"] == 4 and len(ckpt["ranks"]) == 1 and ckpt["ranks"][0]["loader"] is not None
     train(resume=str(tmp_path / "parts"))
     _same_run(tmp_path / "whole", tmp_path / "parts")
     # a packed folder is also accepted as --data, and eval reads the validation shards
@@ -184,3 +184,35 @@ def test_torchrun_two_processes_stream_shards(shards, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 1
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfgs: list, stop: int | None):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    for cfg in cfgs:
+        if isinstance(cfg, str):
+            train(resume=cfg)
+        else:
+            train(cfg, stop_after_steps=stop)
+
+
+def test_two_processes_resume_shards_mid_epoch_bitwise(shards, tmp_path):
+    """Under DDP every process's shard reader position is saved (gathered to rank 0) and restored."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    base = dict(batch_size=4, workers=1, optimizer="adamw", epochs=1)
+    mp.spawn(_ddp_worker, args=(2, port(), [_cfg(shards, tmp_path / "whole", **base)], None), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, port(), [_cfg(shards, tmp_path / "parts", **base)], 2), nprocs=2)
+    ckpt = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
+    ranks = ckpt["ranks"]
+    assert ckpt["step_in_epoch"] == 2 and len(ranks) == 2 and ranks[0]["loader"] != ranks[1]["loader"]
+    mp.spawn(_ddp_worker, args=(2, port(), [str(tmp_path / "parts")], None), nprocs=2)
+    _same_run(tmp_path / "whole", tmp_path / "parts")

@@ -66,3 +66,12 @@ def mean_across(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
+
+
+def gather_objects(obj):
+    """Every rank's `obj`, in rank order (a one-element list without DDP)."""
+    if not active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -63,6 +63,10 @@ class Progress:
     epoch_bad_images: int = 0  # files skipped while streaming, this epoch
 
 
+# What differs between processes: each one's running sums (its own images' losses) mid-epoch.
+PER_RANK = ("epoch_loss_sum", "epoch_grad_norm_sum", "epoch_grad_norm_max", "epoch_bad_images")
+
+
 @dataclass
 class EpochStats:
     """One epoch: time and steps of this process's part of it, loss and gradient norm of all its steps."""
@@ -133,8 +137,6 @@ class Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            # a shard reader's position mid-epoch (a folder's or memory's is the step alone)
-            "loader": self.feed.state_dict() if self.progress.step_in_epoch else None,
             **dataclasses.asdict(self.progress),
         }
 
@@ -146,8 +148,12 @@ class Run:
             self.ema.load_state_dict(ckpt["ema"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.feed.load_state_dict(ckpt.get("loader"))
         p = Progress(**{f.name: ckpt[f.name] for f in dataclasses.fields(Progress) if f.name in ckpt})
+        ranks = ckpt.get("ranks") or []
+        if len(ranks) == self.ctx.world_size:  # this process's own reader position and running sums
+            self.feed.load_state_dict(ranks[self.ctx.rank]["loader"])
+            for k in PER_RANK:
+                setattr(p, k, ranks[self.ctx.rank][k])
         p.metrics = [m for m in p.metrics if m["epoch"] <= p.epoch]
         if p.best_eval is None and (self.run_dir / "best_eval.json").is_file():  # written before 0.2
             p.best_eval = json.loads((self.run_dir / "best_eval.json").read_text())
@@ -159,11 +165,16 @@ class Run:
         log.info("resumed %s at epoch %d, step %d", self.run_dir, p.epoch + 1, p.step_in_epoch)
 
     def save_last(self) -> None:
-        """last.pt; every rank calls it (a sharded optimiser gathers its state first), rank 0 writes."""
+        """last.pt; every rank calls it (a sharded optimiser gathers its state first, and every rank's
+        shard reader its position mid-epoch: a folder's or memory's is the step alone), rank 0 writes."""
         if hasattr(self.optimizer, "consolidate_state_dict"):
             self.optimizer.consolidate_state_dict(to=0)
+        p = self.progress
+        mine = {"loader": self.feed.state_dict() if p.step_in_epoch else None,
+                **{k: getattr(p, k) for k in PER_RANK}}
+        ranks = dist_utils.gather_objects(mine)
         if self.is_main:
-            save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+            save_checkpoint(self.run_dir / "last.pt", {**self.state_dict(), "ranks": ranks})
 
     def write_config(self) -> None:
         if not self.is_main:

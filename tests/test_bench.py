@@ -14,7 +14,8 @@ from mixerlab.perf.inference import optimize_for_inference
 def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     out = tmp_path / "bench"
     assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch", "4", "--resolutions", "28", "56",
-                "--scale-models", "mixer_nano", "vit_nano", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+                "--scale-models", "mixer_nano", "vit_nano", "--quick", "--device", "cpu", "--optimized",
+                "--out", str(out)]) == 0
     res = json.loads((out / "bench.json").read_text())
     assert {r["model"] for r in res["inference"]} == {"mixer_nano", "vit_nano"}
     assert all(r["img_s"] > 0 and r["img_s_core"] > 0 for r in res["inference"])
@@ -26,6 +27,10 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     assert set(res["gemm"]["bf16"]["backends"]) == {"torch"}
     assert all(0 < r["share_of_gemm_limit"] for r in res["inference"])
     assert "GEMM limit, fp32:" in (out / "bench.md").read_text()
+    fast = [r for r in res["inference"] if r["source"] == "mixerlab, optimize_for_inference"]
+    assert [(r["model"], r["precision"]) for r in fast] == [(m, p) for m in ("mixer_nano", "vit_nano")
+                                                            for p in ("fp32", "bf16")]
+    assert all(r["share_of_gemm_limit"] > 0 for r in fast)
 
 
 def test_loglog_slope():

@@ -15,6 +15,10 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--optimized", action="store_true",
+                   help="also time each mixerlab model through optimize_for_inference (the fastest backend "
+                        "this machine has: eager, oneDNN or ONNX Runtime in fp32; the ONNX export takes a minute "
+                        "for B/16)")
     p.add_argument("--scaling", action="store_true",
                    help="only the resolution sweep, out to where ViT's attention dominates: batch 1, bf16, "
                         "local log-log slopes against the FLOP model's (default resolutions 224 448 896 1344)")
@@ -42,7 +46,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     models = [(m, "mixerlab") for m in args.models] if args.models else None
     res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
-                      tuple(args.resolutions or (112, 224, 448)), tuple(args.scale_models), tuple(args.precisions))
+                      tuple(args.resolutions or (112, 224, 448)), tuple(args.scale_models), tuple(args.precisions),
+                      optimized=args.optimized)
     for name, slope in res["loglog_slope"].items():
         print(f"log-log slope of time against patches, {name}: {slope:.2f}")
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")

@@ -5,6 +5,7 @@ the names of the files that could not be used."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..data.transforms import BatchAugment
 from ..errors import DataError
 
 Step = tuple[list[tuple[torch.Tensor, torch.Tensor]], list[str]]
+MAX_NAMED_BAD = 10  # unusable files named in the log per epoch; all are counted
+log = logging.getLogger(__name__)
 
 
 class MemoryFeed:
@@ -89,3 +92,15 @@ class StreamFeed:
 
 def make_feed(run) -> MemoryFeed | StreamFeed:
     return StreamFeed(run) if run.data.streaming else MemoryFeed(run)
+
+
+def note_bad_images(run, errors: list[str]) -> None:
+    """Files a worker could not use: counted and named (the first few of each epoch), or the end of
+    the run under --strict."""
+    if run.cfg.strict:
+        raise DataError(f"{errors[0]} (--strict stops at the first unusable image; without it, it is skipped)")
+    p = run.progress
+    if p.epoch_bad_images < MAX_NAMED_BAD:
+        for e in errors[: MAX_NAMED_BAD - p.epoch_bad_images]:
+            log.warning("skipped an unusable image: %s", e)
+    p.epoch_bad_images += len(errors)

@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..data.sources import load_dataset
-from ..errors import DataError, TrainingError
+from ..errors import TrainingError
 from ..evaluate import evaluate
 from ..io_utils import atomic_write_bytes, atomic_write_json
 from ..models.flops import count_params
@@ -36,13 +36,11 @@ from . import auto
 from . import distributed as dist_utils
 from .checkpoint import open_run, resume_command, save_checkpoint
 from .config import TrainConfig
-from .feed import make_feed
+from .feed import make_feed, note_bad_images
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import compile_for_training, step_seed, train_step
 
 log = logging.getLogger(__name__)
-
-MAX_NAMED_BAD = 10  # unusable files named in the log per epoch; all are counted
 
 
 @dataclass
@@ -273,18 +271,6 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     n = run.steps_per_epoch
     return EpochStats(time.perf_counter() - t_epoch, data_time, n - start, p.epoch_loss_sum / n,
                       p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max, p.epoch_bad_images)
-
-
-def note_bad_images(run: Run, errors: list[str]) -> None:
-    """Files a worker could not use: counted and named (the first few of each epoch), or the end of
-    the run under --strict."""
-    if run.cfg.strict:
-        raise DataError(f"{errors[0]} (--strict stops at the first unusable image; without it, it is skipped)")
-    p = run.progress
-    if p.epoch_bad_images < MAX_NAMED_BAD:
-        for e in errors[: MAX_NAMED_BAD - p.epoch_bad_images]:
-            log.warning("skipped an unusable image: %s", e)
-    p.epoch_bad_images += len(errors)
 
 
 def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:

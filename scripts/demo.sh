@@ -38,7 +38,7 @@ $PY - "$OUT" <<'PY'
 import sys
 from pathlib import Path
 from PIL import Image
-from mixerlab.data.datasets import load_dataset
+from mixerlab.data.sources import load_dataset
 out = Path(sys.argv[1]) / "samples"
 out.mkdir(exist_ok=True)
 val = load_dataset("fashion-mnist").val

@@ -152,3 +152,22 @@ def test_modules_and_functions_are_readable_in_one_sitting(module):
     long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in functions
             if n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{module}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_python_in_the_shell_scripts_imports_names_that_exist():
+    """make demo runs Python from a heredoc in scripts/demo.sh: a moved function must not break it
+    after the training it follows."""
+    import importlib
+    import re
+
+    scripts = sorted((SRC.parents[1] / "scripts").glob("*.sh"))
+    found = 0
+    for script in scripts:
+        for body in re.findall(r"<<'PY'\n(.*?)\nPY\n", script.read_text(), flags=re.S):
+            for node in ast.walk(ast.parse(body)):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mixerlab"):
+                    module = importlib.import_module(node.module)
+                    for alias in node.names:
+                        assert hasattr(module, alias.name), f"{script.name}: {node.module} has no {alias.name}"
+                        found += 1
+    assert found >= 1

@@ -126,10 +126,15 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
         rows = [r for r in results["scaling"] if r["model"] == name]
         slopes[name] = loglog_slope([r["patches"] for r in rows], [r["s_per_img"] for r in rows])
     results["loglog_slope"] = slopes
+    return save_results(out_dir, "bench", results, to_markdown, plot)
+
+
+def save_results(out_dir: Path, stem: str, results: dict[str, Any], markdown: Callable, draw: Callable) -> dict:
+    """`stem`.json, .md and .png in `out_dir`: the numbers, their table and their plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "bench.md").write_text(to_markdown(results))
-    plot(results, out_dir / "bench.png")
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"{stem}.md").write_text(markdown(results))
+    draw(results, out_dir / f"{stem}.png")
     return results
 
 

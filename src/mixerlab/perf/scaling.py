@@ -12,7 +12,6 @@ in memory, the FLOP model everywhere.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from ..models.flops import count_flops
 from ..models.registry import get_config, model_from_config
+from .bench import save_results
 from .timing import machine_info, time_call
 
 MAX_MEASURED_PARAMS = 1_000_000_000  # a tiled Mixer at 1344 px has 2.3 billion parameters: FLOPs only
@@ -73,11 +73,7 @@ def run_scaling(out_dir: Path, models: tuple[str, ...] = ("mixer_b16_224", "vit_
         s["slope_measured"] = local_slopes(s["tokens"], s["s_per_img"])
         s["slope_flops"] = local_slopes(s["tokens"], s["gflops"])
     res = {"machine": machine_info(), "dtype": str(dtype).replace("torch.", ""), "batch": batch, "series": series}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scaling.json").write_text(json.dumps(res, indent=2))
-    (out_dir / "scaling.md").write_text(to_markdown(res))
-    plot_scaling(res, out_dir / "scaling.png")
-    return res
+    return save_results(out_dir, "scaling", res, to_markdown, plot_scaling)
 
 
 def to_markdown(res: dict[str, Any]) -> str:

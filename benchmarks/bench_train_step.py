@@ -25,6 +25,7 @@ import torch
 
 from mixerlab.models.flops import count_flops
 from mixerlab.models.registry import get_config, model_from_config
+from mixerlab.perf.gemm import mm_seconds
 from mixerlab.perf.runtime import pick_device
 from mixerlab.perf.timing import machine_info, time_call
 from mixerlab.training.config import TrainConfig
@@ -44,15 +45,8 @@ def gemm_shapes(cfg, batch: int) -> list[tuple[int, int, int]]:
 
 def gemm_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device) -> float:
     """Forward and backward products of every shape, each timed alone (the median of repeats)."""
-    total = 0.0
-    for m, k, n in shapes:
-        for a_shape, b_shape in (((m, k), (k, n)), ((m, n), (n, k)), ((k, m), (m, n))):
-            a = torch.randn(*a_shape, dtype=dtype, device=device)
-            b = torch.randn(*b_shape, dtype=dtype, device=device)
-            out = torch.empty(a_shape[0], b_shape[1], dtype=dtype, device=device)
-            total += time_call(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device, warmup=2, iters=5,
-                               repeats=3)
-    return total
+    # forward Y = X W, then dX = dY W^T and dW = X^T dY: (m, k, n), (m, n, k), (k, m, n)
+    return sum(mm_seconds(*mkn, dtype, device) for m, k, n in shapes for mkn in ((m, k, n), (m, n, k), (k, m, n)))
 
 
 def timm_plain_step(mcfg, batch: int, device: torch.device):

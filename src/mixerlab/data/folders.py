@@ -1,5 +1,6 @@
 """ImageFolder trees: <root>/<class>/<images>, with train/ and val/ (or test/) folders or one folder
-split by --val-split, decoded into memory at one size and colour (`choose_shape`)."""
+split by --val-split, decoded into memory at one size and colour (`choose_shape`), or streamed from
+disk (stream.py) when the decoded images would not fit the memory budget."""
 
 from __future__ import annotations
 
@@ -151,9 +152,9 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
     `budget_bytes`, by default half the memory available)."""
     classes, train_items, val_items = _split_items(root, val_split, seed)
     size, channels = _sample_shape(train_items, img_size, seed)
-    need = (len(train_items) + len(val_items)) * size[0] * size[1] * channels
-    budget = memory_budget() if budget_bytes is None else budget_bytes
     if stream is None:
+        need = (len(train_items) + len(val_items)) * size[0] * size[1] * channels
+        budget = memory_budget() if budget_bytes is None else budget_bytes
         stream = need > budget
         if stream:
             log.info("%s: %s images would take %.1f GB decoded at %dx%d, over the memory budget of %.1f GB: "

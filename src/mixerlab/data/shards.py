@@ -27,12 +27,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
 from ..io_utils import atomic_write_json
 from .datasets import StreamDataset
-from .stream import decode_sample, loader_options
+from .stream import decode_sample, epoch_seed, loader_options
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def _read_index(base: str) -> dict | None:
         raise DataError(f"{where}: cannot read the shard index: {e}") from None
 
 
-def _sample_image(sample: dict) -> tuple[bytes | None, str]:
+def _sample_image(sample: dict) -> bytes | None:
     key = next((k for k in IMAGE_KEYS if k in sample), None)
-    return (sample[key], key) if key else (None, "")
+    return sample[key] if key else None
 
 
 class ShardStream(IterableDataset):
@@ -134,7 +134,7 @@ class ShardStream(IterableDataset):
             rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
             samples = wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_BUFFER // 5, rng=rng)(samples)
         self._read = self._skip
-        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + slot
+        base = epoch_seed(self.seed, self.epoch) + slot
         for i, sample in enumerate(samples):
             if i < self._skip:  # resuming: read past what the stopped run had taken, decode nothing
                 errors.clear()  # reported before the stop
@@ -146,7 +146,7 @@ class ShardStream(IterableDataset):
 
     def _decode(self, sample: dict, sid: int, seed: int) -> tuple[int, torch.Tensor | None, int, str | None]:
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-        data, _ = _sample_image(sample)
+        data = _sample_image(sample)
         if data is None or "cls" not in sample:
             return sid, None, -1, f"{name}: no image or no .cls in the sample (keys {sorted(sample)})"
         try:
@@ -176,8 +176,6 @@ class ShardStream(IterableDataset):
             return StatefulDataLoader(self, batch_size=batch_size, **opts), self
 
     def eval_batches(self, model_cfg, batch_size: int, rank: int = 0, world_size: int = 1):
-        from torch.utils.data import DataLoader
-
         from .transforms import eval_image
 
         once = copy.copy(self)  # every sample once, in order, whichever split this is
@@ -191,7 +189,7 @@ class ShardStream(IterableDataset):
 def open_shards(spec: str, val_spec: str | None, img_size: tuple[int, int] | None, workers: int
                 ) -> StreamDataset:
     """Training shards from `spec` (a pattern, or a folder `pack` wrote), validation shards from
-    `val_spec` or, by default, the same pattern with 'train' replaced by 'val'."""
+    `val_spec`, else those dataset.json lists, else the same pattern with 'train' replaced by 'val'."""
     if Path(spec).joinpath(INDEX).is_file():
         base, index = spec, _read_index(spec)
         spec = f"{spec.rstrip('/')}/{index['splits']['train']['pattern']}"

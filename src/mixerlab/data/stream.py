@@ -35,6 +35,12 @@ from .decode import DecodeError, decode_image
 SAMPLE_SEED_STRIDE = 1_000_003
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The base every per-sample seed of an epoch is offset from (folders: by position and rank;
+    shards: by reader slot and position)."""
+    return (seed * SAMPLE_SEED_STRIDE + epoch) * SAMPLE_SEED_STRIDE
+
+
 @dataclass
 class Batch:
     """What a streaming loader yields: the samples that decoded, and the errors of those that did not."""
@@ -125,7 +131,7 @@ class EpochSampler(Sampler):
         return list(s)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        base = (self.seed * SAMPLE_SEED_STRIDE + self.epoch) * SAMPLE_SEED_STRIDE
+        base = epoch_seed(self.seed, self.epoch)
         order = self.order()
         for pos in range(self.start, len(order)):
             yield order[pos], (base + pos * self.world_size + self.rank) % (2**63)

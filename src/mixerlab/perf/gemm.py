@@ -18,11 +18,16 @@ from .timing import time_call
 SHAPES = ((6272, 768, 3072), (6272, 3072, 768), (2048, 2048, 2048))
 
 
-def _torch_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> float:
+def mm_seconds(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> float:
+    """Seconds of one (m x k) @ (k x n) product through torch.mm, the output preallocated: the GEMM alone."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
-    c = torch.empty(m, n, device=device, dtype=dtype)  # preallocated: the rate of the GEMM alone
-    return 2 * m * k * n / time_call(lambda: torch.mm(a, b, out=c), device, warmup=2, iters=3, repeats=3)
+    c = torch.empty(m, n, device=device, dtype=dtype)
+    return time_call(lambda: torch.mm(a, b, out=c), device, warmup=2, iters=3, repeats=3)
+
+
+def _torch_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device) -> float:
+    return 2 * m * k * n / mm_seconds(m, k, n, dtype, device)
 
 
 def _onednn_rate(m: int, k: int, n: int) -> float | None:

@@ -92,7 +92,7 @@ def optimize_for_inference(
         if compiled is not None:
             candidates["torch.compile (Inductor, freezing)"] = compiled
     build_time = time.perf_counter() - t
-    name, fn, note = _fastest(candidates, example, device, dtype)
+    fn, note = _fastest(candidates, example, device, dtype)
     optimizations.append(note)
     return InferenceModel(m, fn, dtype, optimizations, build_time)
 
@@ -159,7 +159,7 @@ def _compiled(m: nn.Module, example: torch.Tensor) -> Any:
 
 
 def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.device, dtype: torch.dtype
-             ) -> tuple[str, Any, str]:
+             ) -> tuple[Any, str]:
     """The fastest candidate whose output agrees with eager's; a note with every time."""
     with torch.inference_mode():
         ref = candidates["eager"](example).float()
@@ -175,4 +175,4 @@ def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.de
     best = min(times, key=times.get)
     others = ", ".join(f"{n} {times['eager'] / t:.2f}x" for n, t in times.items() if n not in (best, "eager"))
     note = f"{best}: {times['eager'] / times[best]:.2f}x eager" + (f" (also measured: {others})" if others else "")
-    return best, candidates[best], note
+    return candidates[best], note

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..models.flops import count_flops
+from ..models.flops import count_flops, count_params
 from ..models.registry import get_config, model_from_config
 from .bench import save_results
 from .timing import machine_info, time_call
@@ -39,7 +39,7 @@ def _variants(name: str, res: int) -> list[tuple[str, Any]]:
 
 def _seconds_per_image(cfg: Any, dtype: torch.dtype, batch: int, timing: dict) -> float | None:
     with torch.device("meta"):  # counted without allocating
-        if sum(p.numel() for p in model_from_config(cfg).parameters()) > MAX_MEASURED_PARAMS:
+        if count_params(model_from_config(cfg)) > MAX_MEASURED_PARAMS:
             return None
     model = model_from_config(cfg).to(dtype).eval()
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size, dtype=dtype)

@@ -32,7 +32,7 @@ class TrainConfig:
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
     img_size: int | None = None  # resize the data (ImageFolder) or the model (fine-tuning) to this
     val_split: float = 0.1
-    val_data: str | None = None  # validation shards (default: the training pattern with 'train' -> 'val')
+    val_data: str | None = None  # validation shards (default: those dataset.json lists beside the training ones)
     stream: bool | None = None  # read images from disk as it trains; None: when they would not fit in memory
     workers: int | None = None  # decoding processes when streaming (None: the cores less one, up to 8)
     memory_budget_gb: float | None = None  # above this a folder streams (None: half the available memory)

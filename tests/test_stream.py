@@ -22,6 +22,7 @@ from mixerlab.data.sources import load_dataset
 from mixerlab.data.stream import EpochSampler
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.loop import train
+from tests.test_distributed import launch_failure
 
 pytest.importorskip("webdataset")
 pytest.importorskip("torchdata")
@@ -181,7 +182,7 @@ def test_torchrun_two_processes_stream_shards(shards, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mixerlab",
            "train", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, launch_failure(r)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 1
 

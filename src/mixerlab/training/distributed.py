@@ -6,6 +6,7 @@ has one code path for one process and for many.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -40,10 +41,17 @@ def setup(device: str = "auto") -> DistContext:
     return DistContext(rank, world, dev, initialised_here)
 
 
-def cleanup(ctx: DistContext) -> None:
-    if ctx.initialised_here and dist.is_initialized():
+def cleanup(ctx: DistContext, synchronise: bool = True) -> None:
+    """Destroy the process group this process created. Left to the interpreter's exit, gloo's threads
+    can outlive the objects they point at and the process aborts ("terminate called without an active
+    exception") after a good run. `synchronise=False` (this rank failed) skips the barrier, which the
+    other ranks would never reach."""
+    if not (ctx.initialised_here and dist.is_initialized()):
+        return
+    gc.collect()  # the DDP wrapper and its reducer sit in reference cycles that hold the group
+    if synchronise:
         dist.barrier()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
 
 
 def active() -> bool:

@@ -317,8 +317,16 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
     `stop_after_steps` stops, as a SIGTERM would, after that many steps of this call (tests use it)."""
     cfg, run_dir, ckpt = open_run(cfg, resume, resume_overrides)
     ctx = dist_utils.setup(cfg.device)
-    with quiet_logs(ctx.rank != 0 or cfg.quiet):
-        return _train(cfg, run_dir, ckpt, ctx, stop_after_steps)
+    finished = False
+    try:
+        with quiet_logs(ctx.rank != 0 or cfg.quiet):
+            summary = _train(cfg, run_dir, ckpt, ctx, stop_after_steps)
+        finished = True
+        return summary
+    finally:
+        # After _train returns, nothing of the run (the DDP wrapper, the optimiser) holds the process
+        # group any more, so it can be torn down while the interpreter is whole.
+        dist_utils.cleanup(ctx, synchronise=finished)
 
 
 @contextlib.contextmanager
@@ -349,7 +357,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: di
                 break
             end_epoch(run, epoch, stats)
     summary = finish_run(run) if run.is_main and not stopped else {}
-    dist_utils.cleanup(ctx)
     if stopped:
         # Only rank 0 carries the command, so a launcher prints it once, not once per process.
         return {"stopped": True, "run_dir": str(run_dir),

@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # the ONNX exporter's passes log a line per rewritten node at INFO
+        for name in ("onnxscript", "onnx_ir"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except (MixerlabError, ValueError, FileNotFoundError) as e:

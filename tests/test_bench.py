@@ -33,6 +33,16 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     assert all(r["share_of_gemm_limit"] > 0 for r in fast)
 
 
+def test_bench_refuses_a_sweep_it_cannot_fit_before_timing_anything(tmp_path, capsys):
+    for argv, says in ((["--resolutions", "224"], "needs at least two different sizes"),
+                       (["--resolutions", "224", "224"], "needs at least two different sizes"),
+                       (["--scaling", "--resolutions", "0", "224"], "image sizes must be positive")):
+        assert cli(["bench", *argv, "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mixerlab bench: error: --resolutions") and says in err
+        assert not (tmp_path / "b").exists()
+
+
 def test_loglog_slope():
     assert abs(loglog_slope([1, 4, 16], [2.0, 8.0, 32.0]) - 1.0) < 1e-12
     assert abs(loglog_slope([1, 4, 16], [1.0, 16.0, 256.0]) - 2.0) < 1e-12
@@ -109,6 +119,7 @@ def test_bench_scaling_reports_local_slopes_beside_the_flop_model(tmp_path):
     assert cli(["bench", "--scaling", "--scale-models", "mixer_nano", "vit_nano", "--resolutions", "28", "56", "112",
                 "--quick", "--out", str(out)]) == 0
     res = json.loads((out / "scaling.json").read_text())
+    assert res["dtype"] == "float32"  # the default: every operation near one rate, as the FLOP model assumes
     series = res["series"]
     assert set(series) == {"mixer_nano (interpolate: D_S fixed)", "mixer_nano (tiles: D_S x K^2)", "vit_nano"}
     for s in series.values():
@@ -119,3 +130,6 @@ def test_bench_scaling_reports_local_slopes_beside_the_flop_model(tmp_path):
     assert all(p > 1.1 for p in series["mixer_nano (tiles: D_S x K^2)"]["slope_flops"])
     assert series["vit_nano"]["slope_flops"][1] > series["vit_nano"]["slope_flops"][0] > 1.0
     assert "local slope, FLOP model" in (out / "scaling.md").read_text() and (out / "scaling.png").is_file()
+    assert cli(["bench", "--scaling", "--precisions", "bf16", "--scale-models", "mixer_nano", "--resolutions", "28",
+                "56", "--quick", "--out", str(out)]) == 0
+    assert json.loads((out / "scaling.json").read_text())["dtype"] == "bfloat16"

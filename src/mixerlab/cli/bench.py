@@ -20,9 +20,33 @@ def add_bench(p: argparse.ArgumentParser) -> None:
                         "this machine has: eager, oneDNN or ONNX Runtime in fp32; the ONNX export takes a minute "
                         "for B/16)")
     p.add_argument("--scaling", action="store_true",
-                   help="only the resolution sweep, out to where ViT's attention dominates: batch 1, bf16, "
-                        "local log-log slopes against the FLOP model's (default resolutions 224 448 896 1344)")
+                   help="only the resolution sweep, out to where ViT's attention dominates: batch 1, fp32 "
+                        "(--precisions bf16 for bf16), local log-log slopes against the FLOP model's (default "
+                        "resolutions 224 448 896 1344)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
+
+
+def _scaling_dtype(precisions: list[str]):
+    """fp32 unless only bf16 is asked for: on a CPU every fp32 operation (products and attention alike)
+    runs near one rate, which is what a FLOP model assumes; in bf16 attention runs at a fraction of the
+    products' rate, so ViT's time grows faster than its FLOPs (docs/benchmarks.md shows both)."""
+    import torch
+
+    return torch.float32 if "fp32" in precisions else torch.bfloat16
+
+
+def _check_resolutions(resolutions: list[int] | None) -> None:
+    """Refused before anything is timed: the sweep fits a slope, which takes two sizes or more."""
+    from ..errors import ConfigError
+
+    if resolutions is None:
+        return
+    bad = [r for r in resolutions if r <= 0]
+    if bad:
+        raise ConfigError(f"--resolutions {' '.join(map(str, bad))}: image sizes must be positive")
+    if len(set(resolutions)) < 2:
+        raise ConfigError(f"--resolutions {' '.join(map(str, resolutions))}: the resolution sweep fits a slope of "
+                          "time against patches and needs at least two different sizes (e.g. --resolutions 224 448)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -31,13 +55,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..perf.bench import run_default
     from ..perf.runtime import pick_device
 
+    _check_resolutions(args.resolutions)
     if args.scaling:
-        import torch
-
         from ..perf.scaling import run_scaling
 
         res = run_scaling(Path(args.out), tuple(args.scale_models), tuple(args.resolutions or (224, 448, 896, 1344)),
-                          torch.bfloat16 if "bf16" in args.precisions else torch.float32, 1, args.quick)
+                          _scaling_dtype(args.precisions), 1, args.quick)
         for label, s in res["series"].items():
             slopes = ", ".join("-" if m is None else f"{m:.2f}" for m in s["slope_measured"])
             model = ", ".join(f"{p:.2f}" for p in s["slope_flops"])

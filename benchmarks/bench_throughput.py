@@ -10,6 +10,7 @@ measured in this same run. Results go to runs/bench/targets.json; copy the table
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -34,6 +35,19 @@ def timm_way_mixer(cfg: mixerlab.MixerConfig) -> nn.Module:
     return TimmMixer(num_classes=cfg.num_classes, img_size=cfg.img_size, in_chans=cfg.in_chans,
                      patch_size=cfg.patch_size, num_blocks=cfg.depth, embed_dim=cfg.embed_dim, act_layer=act,
                      mlp_ratio=(cfg.tokens_mlp_dim / cfg.embed_dim, cfg.channels_mlp_dim / cfg.embed_dim))
+
+
+def timm_compiled(peer: nn.Module, x: torch.Tensor, dev: torch.device, label: str, timing: dict) -> float:
+    """timm's model as its users would speed it up: torch.compile with Inductor freezing (bf16: weights cast)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    model = peer if label == "fp32" else copy.deepcopy(peer).to(torch.bfloat16)
+    xin = x if label == "fp32" else x.to(torch.bfloat16)
+    compiled = torch.compile(model, dynamic=False)
+    with torch.inference_mode():
+        compiled(xin)
+    return inference_throughput(compiled, xin, dev, **timing)
 
 
 def main() -> None:
@@ -75,6 +89,8 @@ def main() -> None:
                                                      **timing)
             row["ratio_vs_timm"] = row["ours_optimized"] / row["timm_eager"]
             row["eager_ratio_vs_timm"] = row["ours_eager"] / row["timm_eager"]
+            row["timm_compiled"] = timm_compiled(peer, x, dev, label, timing)
+            row["ratio_vs_timm_compiled"] = row["ours_optimized"] / row["timm_compiled"]
         except ImportError:
             print("timm not installed: no timm column")
         res[f"inference_{label}"] = row

@@ -97,6 +97,33 @@ def trainer_step(tcfg, mcfg, device: torch.device, muon: str, compile_: bool):
     return step, time.perf_counter() - t
 
 
+# The profiler's names for the step's matrix products: the model's (forward addmm/linear, backward mm)
+# and the batched Muon's Newton-Schulz (bmm/baddbmm), kept apart. torch's own Muon orthogonalises with
+# aten::mm, so in its row the optimiser's products are counted with the model's.
+MODEL_GEMMS = ("aten::mm", "aten::addmm", "aten::matmul", "mkldnn::_linear_pointwise")
+OPTIMISER_GEMMS = ("aten::bmm", "aten::baddbmm")
+
+
+def in_step_breakdown(step, device: torch.device, steps: int = 5) -> dict[str, float]:
+    """Milliseconds per step, from torch.profiler's self times: the model's products as they run inside
+    the step, the optimiser's products, and everything else (elementwise kernels, casts, the optimiser's
+    other work). Only the CPU's own time is counted, so on CUDA it says little; run it on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rows = prof.key_averages()
+    total = sum(r.self_cpu_time_total for r in rows)
+    model = sum(r.self_cpu_time_total for r in rows if r.key in MODEL_GEMMS)
+    opt = sum(r.self_cpu_time_total for r in rows if r.key in OPTIMISER_GEMMS)
+    per_step = 1e-3 / steps  # microseconds over `steps` -> milliseconds per step
+    return {"model_gemms": model * per_step, "optimiser_gemms": opt * per_step,
+            "other": (total - model - opt) * per_step}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="demo", help="demo (the demo recipe's model and optimiser) or a registered "
@@ -134,6 +161,7 @@ def main() -> None:
         step, first = trainer_step(tcfg, mcfg, dev, muon, comp)
         res["ms"][label] = 1e3 * time_call(step, dev, **timing)
         res.setdefault("first_step_s", {})[label] = first
+        res.setdefault("in_step_ms", {})[label] = in_step_breakdown(step, dev)
     try:
         res["ms"]["plain loop, timm MlpMixer"] = 1e3 * time_call(timm_plain_step(mcfg, b, dev), dev, **timing)
     except ImportError:
@@ -155,6 +183,11 @@ def report(res: dict, mcfg, b: int, peak_tflops: float | None) -> None:
         mfu = (f", MFU {100 * step_flops / (ms * 1e-3) / (peak_tflops * 1e12):.0f}%"
                if peak_tflops and "GEMMs" not in label else "")
         print(f"  {label:<40} {ms:8.1f} ms  {b / ms * 1e3:7.0f} img/s  {ms / gemm:.2f}x its GEMMs{vs_peer}{mfu}")
+        parts = res.get("in_step_ms", {}).get(label)
+        if parts and res["device"] == "cpu":
+            print(f"  {'':<40} of which (profiled): the model's products {parts['model_gemms']:.1f} ms "
+                  f"({parts['model_gemms'] / gemm:.2f}x the same products alone), the optimiser's "
+                  f"{parts['optimiser_gemms']:.1f} ms, everything else {parts['other']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
     p.add_argument("--optimized", action="store_true",
-                   help="also time each mixerlab model through optimize_for_inference (the fastest backend "
-                        "this machine has: eager, oneDNN or ONNX Runtime in fp32; the ONNX export takes a minute "
-                        "for B/16)")
+                   help="also time each mixerlab model through optimize_for_inference (the fastest path "
+                        "this machine has: eager, torch.compile, and in fp32 oneDNN or ONNX Runtime; building the "
+                        "candidates takes one to two minutes for B/16)")
     p.add_argument("--scaling", action="store_true",
                    help="only the resolution sweep, out to where ViT's attention dominates: batch 1, fp32 "
                         "(--precisions bf16 for bf16), local log-log slopes against the FLOP model's (default "

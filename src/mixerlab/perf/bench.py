@@ -100,8 +100,9 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
             if optimized and source == "mixerlab":  # the fastest path this machine has, as users get it
                 from .inference import optimize_for_inference
 
+                # --quick (the smoke test) leaves torch.compile out: it is the slowest candidate to build
                 fast = optimize_for_inference(model, torch.bfloat16 if prec == "bf16" else torch.float32,
-                                              compile=False, example=x)
+                                              compile=not quick, example=x)
                 runs.append(("mixerlab, optimize_for_inference", fast, None))
                 log(f"optimize_for_inference {name} {prec}: {fast.optimizations[-1]}")
             for label, m, autocast_dtype in runs:

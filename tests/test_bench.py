@@ -71,6 +71,8 @@ def test_optimize_fp32_compiled_matches_eager():
     assert fast.compile_time_s >= 0
     # The compiled forward was timed against eager and one of them kept, saying which.
     assert sum("torch.compile" in m for m in fast.optimizations) == 1
+    # fp32 on a CPU: compiled for oneDNN (symbolic batch), token mixing as Linear rows
+    assert "token mixing as rows" in fast.optimizations[-1]
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

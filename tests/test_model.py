@@ -32,6 +32,22 @@ def test_token_major_layout_equals_plain_formulation(act, img_size):
         torch.testing.assert_close(model(x), mixer_reference_forward(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_token_mixing_as_rows_gives_the_same_values_and_gradients():
+    # the layout perf/inference.py compiles in fp32: Linear layers over the (B*C, S) transpose
+    from mixerlab.perf.inference import token_mixing_as_rows
+
+    model = randomize(small(img_size=(24, 40)))
+    rows = token_mixing_as_rows(model)
+    assert not any(getattr(m, "rows", False) for m in model.modules())  # the original is untouched
+    x = torch.randn(5, 3, 24, 40)
+    out, out_rows = model(x), rows(x)
+    torch.testing.assert_close(out_rows, out, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    out_rows.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), rows.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_forward_features_and_head():
     model = randomize(small()).eval()
     x = torch.randn(2, 3, 32, 32)

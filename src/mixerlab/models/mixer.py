@@ -37,10 +37,19 @@ class TokenMlp(Mlp):
 
     x is (S, B, C) contiguous; viewing it as (S, B*C) makes each MLP layer one `addmm`, the bias
     broadcast along the columns, which is where every channel of every image sits.
+
+    With `rows = True` the same products run as Linear layers on the (B*C, S) transpose instead: a copy
+    of the activations, but every product then has the Linear form that Inductor's freezing hands to
+    oneDNN with its weight prepacked and GELU fused (perf/inference.py uses it for compiled fp32).
     """
+
+    rows = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, b, c = x.shape
+        if self.rows:
+            y = super().forward(x.permute(1, 2, 0).reshape(b * c, s))
+            return y.view(b, c, s).permute(2, 0, 1)
         h = torch.addmm(self.fc1.bias.unsqueeze(1), self.fc1.weight, x.reshape(s, b * c))
         h = self.act(h)
         y = torch.addmm(self.fc2.bias.unsqueeze(1), self.fc2.weight, h)

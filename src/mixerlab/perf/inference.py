@@ -6,6 +6,10 @@ Why each step (the measurements are in docs/benchmarks.md):
 - torch.compile with Inductor's freezing folds the weights as constants, so oneDNN can pre-pack them
   and fuse bias and GELU into the GEMMs. It costs a compile (tens of seconds for B/16 on 2 cores); pass
   `compile=False` to skip it and keep the eager speed-ups.
+- In fp32 Inductor packs a Linear for MKL when the batch size is fixed and for oneDNN when it is
+  symbolic, and oneDNN's prepacked fp32 GEMM can run at twice MKL's rate (gemm.py measures both). So
+  the fp32 compile on a CPU is dynamic in the batch, and token mixing runs as Linear layers over the
+  transposed activations (`TokenMlp.rows`), so that its products take the same path.
 - The compiled and the eager forward are then timed on the example and the faster is kept: which one
   wins depends on the CPU and the precision (in fp32, oneDNN's compiled GEMMs can lose to MKL's).
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
@@ -88,9 +92,11 @@ def optimize_for_inference(
     if dtype == torch.float32 and device.type == "cpu":
         candidates.update(_cpu_fp32_candidates(m, backends))
     if compile:
-        compiled = _compiled(m, example)
+        onednn_fp32 = dtype == torch.float32 and device.type == "cpu"
+        compiled = _compiled(token_mixing_as_rows(m) if onednn_fp32 else m, example, dynamic=onednn_fp32)
         if compiled is not None:
-            candidates["torch.compile (Inductor, freezing)"] = compiled
+            how = "; oneDNN, token mixing as rows" if onednn_fp32 else ""
+            candidates[f"torch.compile (Inductor, freezing{how})"] = compiled
     build_time = time.perf_counter() - t
     fn, note = _fastest(candidates, example, device, dtype)
     optimizations.append(note)
@@ -144,12 +150,24 @@ def _onnxruntime(m: nn.Module) -> Any:
             return None
 
 
-def _compiled(m: nn.Module, example: torch.Tensor) -> Any:
+def token_mixing_as_rows(model: nn.Module) -> nn.Module:
+    """A copy whose token-mixing MLPs run as Linear layers over (B*C, S) rows (same weights, same
+    values up to rounding): the form Inductor gives to oneDNN."""
+    from ..models.mixer import TokenMlp
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, TokenMlp):
+            mod.rows = True
+    return m
+
+
+def _compiled(m: nn.Module, example: torch.Tensor, dynamic: bool = False) -> Any:
     try:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        compiled = torch.compile(m, dynamic=False)
+        compiled = torch.compile(m, dynamic=dynamic)
         with torch.inference_mode():
             compiled(example)
         return compiled

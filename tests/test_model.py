@@ -48,6 +48,28 @@ def test_token_mixing_as_rows_gives_the_same_values_and_gradients():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_compiled_form_of_the_tanh_gelu_is_the_same_function():
+    from mixerlab.models.layers import GeluTanh, gelu_tanh_as_sigmoid
+
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    torch.testing.assert_close(gelu_tanh_as_sigmoid(x), ref, rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(gelu_tanh_as_sigmoid(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+    act = GeluTanh()
+    assert act.approximate == "tanh" and "tanh" in repr(act)  # still an nn.GELU for everything that reads it
+    traced = []
+
+    def backend(gm, example_inputs):  # records what Dynamo traced, then runs it as it is
+        traced.extend(str(n.target) for n in gm.graph.nodes)
+        return gm
+
+    compiled = torch.compile(act, backend=backend)
+    torch.testing.assert_close(compiled(x.detach().float()), ref.detach().float(), rtol=1e-5, atol=1e-6)
+    assert any("sigmoid" in t for t in traced) and not any("gelu" in t for t in traced)
+
+
 def test_forward_features_and_head():
     model = randomize(small()).eval()
     x = torch.randn(2, 3, 32, 32)

@@ -12,9 +12,31 @@ import torch.nn as nn
 ACTIVATIONS = ("gelu_tanh", "gelu")
 
 
+_TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The tanh GELU rewritten with 0.5 * (1 + tanh(z)) = sigmoid(2z): the same function, but a
+    compiler's generated code evaluates one exp where tanh costs several (docs/benchmarks.md)."""
+    return x * torch.sigmoid(x * (_TWO_SQRT_2_OVER_PI + _TWO_SQRT_2_OVER_PI * 0.044715 * x * x))
+
+
+class GeluTanh(nn.GELU):
+    """nn.GELU(approximate="tanh"); under torch.compile, the sigmoid form of the same function. An
+    export keeps the GELU op itself, which ONNX Runtime and oneDNN fuse as one."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return gelu_tanh_as_sigmoid(x)
+        return super().forward(x)
+
+
 def make_act(name: str) -> nn.Module:
     if name == "gelu_tanh":
-        return nn.GELU(approximate="tanh")
+        return GeluTanh()
     if name == "gelu":
         return nn.GELU()
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")

@@ -69,7 +69,8 @@ def optimize_for_inference(
     Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights and ONNX Runtime (where the
     export extra is installed), as `backends` allows; with `compile=True`, torch.compile with
     freezing. Each is checked against eager and timed on `example` (default: one random image; give
-    your batch size, compiles are specialised to it), and the fastest is kept; `.optimizations` says
+    your batch size: the bf16 compile is specialised to it, the fp32 one on a CPU takes any batch),
+    and the fastest is kept; `.optimizations` says
     which and by how much, `.compile_time_s` what building the candidates cost. The original model is
     left untouched.
     """

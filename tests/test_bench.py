@@ -1,8 +1,10 @@
 """Benchmarks and the inference path: they run, write valid output, and match eager numerically.
 No timings are asserted here; the numbers live in docs/benchmarks.md."""
 
+import copy
 import json
 
+import pytest
 import torch
 
 import mixerlab
@@ -76,6 +78,22 @@ def test_optimize_fp32_compiled_matches_eager():
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_compiled_candidate_is_not_recompiled_on_the_first_real_call(dtype):
+    # built on the example, then called by InferenceModel with a caller's ordinary tensor: the input
+    # form must match what torch.compile guarded on, or every user pays a second compile
+    from mixerlab.perf.inference import InferenceModel, _compiled, as_input
+
+    model, x = _reference()
+    m = copy.deepcopy(model).eval().requires_grad_(False).to(dtype)
+    compiled = _compiled(m, as_input(x, dtype), dynamic=dtype == torch.float32)
+    assert compiled is not None
+    fast = InferenceModel(m, compiled, dtype, [], 0.0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = fast(torch.randn_like(x))
+    assert out.dtype == torch.float32 and out.shape == (x.shape[0], model.num_classes)
 
 
 def test_optimize_bf16_agrees_on_top1():

@@ -54,7 +54,15 @@ class InferenceModel(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fn(x.to(self.dtype)).float()
+        return self._fn(as_input(x, self.dtype)).float()
+
+
+@torch.inference_mode()
+def as_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The one form every candidate is built, checked and called with: a copy made in inference
+    mode. torch.compile guards on it, and a caller's ordinary tensor differs from an inference tensor
+    (its dispatch keys), which would recompile the model on the first call."""
+    return x.to(dtype, copy=True)
 
 
 def optimize_for_inference(
@@ -87,7 +95,7 @@ def optimize_for_inference(
     if example is None:
         h, w = m.config.img_size
         example = torch.randn(1, m.config.in_chans, h, w)
-    example = example.to(dtype=dtype, device=device)
+    example = as_input(example.to(device), dtype)
     t = time.perf_counter()
     candidates = {"eager": m}
     if dtype == torch.float32 and device.type == "cpu":

@@ -11,7 +11,7 @@ Why each step (the measurements are in docs/benchmarks.md):
   the fp32 compile on a CPU is dynamic in the batch, and token mixing runs as Linear layers over the
   transposed activations (`TokenMlp.rows`), so that its products take the same path.
 - The compiled and the eager forward are then timed on the example and the faster is kept: which one
-  wins depends on the CPU and the precision (in fp32, oneDNN's compiled GEMMs can lose to MKL's).
+  wins depends on the CPU and the precision.
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
 - fp32 on a CPU: the GEMMs run at very different rates through MKL (torch's default), oneDNN with
@@ -78,9 +78,8 @@ def optimize_for_inference(
     export extra is installed), as `backends` allows; with `compile=True`, torch.compile with
     freezing. Each is checked against eager and timed on `example` (default: one random image; give
     your batch size: the bf16 compile is specialised to it, the fp32 one on a CPU takes any batch),
-    and the fastest is kept; `.optimizations` says
-    which and by how much, `.compile_time_s` what building the candidates cost. The original model is
-    left untouched.
+    and the fastest is kept; `.optimizations` says which and by how much, `.compile_time_s` what
+    building the candidates cost. The original model is left untouched.
     """
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
@@ -98,13 +97,13 @@ def optimize_for_inference(
     example = as_input(example.to(device), dtype)
     t = time.perf_counter()
     candidates = {"eager": m}
-    if dtype == torch.float32 and device.type == "cpu":
+    cpu_fp32 = dtype == torch.float32 and device.type == "cpu"
+    if cpu_fp32:
         candidates.update(_cpu_fp32_candidates(m, backends))
     if compile:
-        onednn_fp32 = dtype == torch.float32 and device.type == "cpu"
-        compiled = _compiled(token_mixing_as_rows(m) if onednn_fp32 else m, example, dynamic=onednn_fp32)
+        compiled = _compiled(token_mixing_as_rows(m) if cpu_fp32 else m, example, dynamic=cpu_fp32)
         if compiled is not None:
-            how = "; oneDNN, token mixing as rows" if onednn_fp32 else ""
+            how = "; oneDNN, token mixing as rows" if cpu_fp32 else ""
             candidates[f"torch.compile (Inductor, freezing{how})"] = compiled
     build_time = time.perf_counter() - t
     fn, note = _fastest(candidates, example, device, dtype)

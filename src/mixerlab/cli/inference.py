@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_preprocess, load_for_inference, positive_int
+from .common import add_preprocess, add_trust_compiled, load_for_inference, positive_int
 
 
 # ------------------------------------------------------------------------------------ eval/predict
@@ -24,6 +24,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
     add_preprocess(p)
+    add_trust_compiled(p)
     p.add_argument("--map-by-index", action="store_true",
                    help="score class i of the data as class i of the model even when their names differ")
     p.add_argument("--tta", action="store_true",
@@ -89,6 +90,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=positive_int, default=5, help="how many classes to show (at least 1)")
     add_preprocess(p)
+    add_trust_compiled(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto")
 

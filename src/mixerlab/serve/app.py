@@ -4,11 +4,14 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Endpoints: POST /v1/predict (an image as the raw body or as multipart field `file`; ?topk=5),
-POST /v1/predict/batch (several multipart `files`), GET /healthz, /readyz, /v1/model, /metrics
-(Prometheus), and GET / (a page to try it in a browser). Images go through the same decoder and
-preprocessing as `mixerlab predict` and are grouped into batches (batcher.py). Every refusal is JSON
-`{"detail": ...}` with its status: 413 for a body or an image that is too large, 415 for what is not
-an image, 422 for bad parameters, 503 (with Retry-After) when the queue is full, 504 on a timeout.
+POST /v1/predict/batch (several multipart `files`, answered file by file), GET /healthz, /readyz,
+/v1/model, /metrics (Prometheus), and GET / (a page to try it in a browser). Images are decoded on a
+bounded thread pool, never on the event loop, go through the same decoder and preprocessing as
+`mixerlab predict` and are grouped into batches (batcher.py). Every refusal is JSON
+`{"detail": ...}` with its status: 400 for a Host the server does not answer, 408 for a body that
+does not arrive in time, 413 for a body or an image that is too large, 415 for what is not an image,
+422 for bad parameters, 431 for too many headers, 500 when the model fails on an image, 503 (with
+Retry-After) when the queue is full, 504 when the answer takes longer than `timeout_s`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +29,19 @@ import torch.nn as nn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ..data.decode import MAX_PIXELS, DecodeError
+from ..data.decode import DecodeError
 from ..data.transforms import image_for_model
 from ..predict import class_names_of, probabilities, top_classes
-from .batcher import Batcher, QueueFull
+from .batcher import Batcher, ModelFailure, QueueFull
+from .guard import Guard
+from .limits import Limits
 from .metrics import ServerMetrics
 from .page import PAGE
 
-MB = 1 << 20
 
-
-class Limits:
-    def __init__(self, max_body_mb: float = 10, max_pixels: int = MAX_PIXELS, timeout_s: float = 30,
-                 max_queue: int = 256, max_batch: int = 32, max_wait_ms: float = 5, max_files: int = 64):
-        self.max_body = int(max_body_mb * MB)
-        self.max_pixels, self.timeout_s, self.max_queue = max_pixels, timeout_s, max_queue
-        self.max_batch, self.max_wait_ms, self.max_files = max_batch, max_wait_ms, max_files
-
-
-def load_model(src: str | Path | nn.Module, backend: str = "torch") -> nn.Module:
-    """A model object, a checkpoint (torch backend) or an exported file (onnx backend, or any .onnx)."""
+def load_model(src: str | Path | nn.Module, backend: str = "torch", trust_compiled: bool = False) -> nn.Module:
+    """A model object, a checkpoint (torch backend) or an exported file (onnx backend, or any .onnx;
+    a .pt2 only with `trust_compiled`, since loading it runs its native code)."""
     if isinstance(src, nn.Module):
         return src.eval()
     from ..export.runtime import is_exported, load_exported
@@ -53,20 +50,29 @@ def load_model(src: str | Path | nn.Module, backend: str = "torch") -> nn.Module
         if not is_exported(src):
             raise ValueError(f"--backend onnx serves an exported .onnx file; export it first: "
                              f"mixerlab export {src} model.onnx")
-        return load_exported(src)
+        return load_exported(src, trust_compiled=trust_compiled)
     from ..weights.load import from_pretrained
 
     return from_pretrained(src).eval()
 
 
+def model_name(src: str | Path | nn.Module) -> str:
+    """What clients are told the model is: the file or folder's own name, never the server's path."""
+    if isinstance(src, nn.Module):
+        return type(src).__name__
+    return Path(src).resolve().name or str(src)
+
+
 class Server:
-    """The model, its batcher and its metrics; one per app."""
+    """The model, its batcher, its decoding pool and its metrics; one per app."""
 
     def __init__(self, model: nn.Module, limits: Limits, name: str):
         self.model, self.limits, self.name = model, limits, name
         self.class_names = class_names_of(model)
         self.metrics = ServerMetrics()
         self.batcher: Batcher | None = None
+        self.decoder: ThreadPoolExecutor | None = None  # made at start: Ray pickles the app before that
+        self.decoding = 0  # images admitted to the pool whose decoding has not finished
         self.ready = self.stopping = False
         self._starting: asyncio.Lock | None = None
 
@@ -83,6 +89,7 @@ class Server:
 
     async def _start(self) -> None:
         lim = self.limits
+        self.decoder = ThreadPoolExecutor(lim.decode_workers, thread_name_prefix="mixerlab-decode")
         self.batcher = Batcher(self.run, lim.max_batch, lim.max_wait_ms, lim.max_queue, self.metrics.observe_batch)
         self.batcher.start()
         cfg = self.model.config
@@ -94,46 +101,86 @@ class Server:
         self.ready, self.stopping = False, True
         if self.batcher is not None:
             await self.batcher.drain()
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
 
-    def decode(self, data: bytes, name: str) -> torch.Tensor:
+    def admit(self, n: int) -> None:
+        """Room for n more images (being decoded or queued), or 503: the queue bound covers both."""
+        if not self.ready:
+            raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})
+        held = self.decoding + (self.batcher.depth if self.batcher else 0)
+        if held + n > self.limits.max_queue:
+            self.metrics.rejected.labels(reason="queue full").inc()
+            raise HTTPException(503, f"the queue is full ({self.limits.max_queue} images); retry shortly",
+                                headers={"Retry-After": "1"})
+
+    def _decode_now(self, data: bytes) -> torch.Tensor:
+        return image_for_model(data, self.model.config, self.limits.max_pixels)
+
+    async def decode(self, data: bytes, name: str) -> torch.Tensor:
+        """Decode on the pool. The image counts against the queue until its thread is done, also when
+        the request gave up on it (a thread cannot be stopped halfway through a PNG)."""
+        loop = asyncio.get_running_loop()
+        self.decoding += 1
+        job = self.decoder.submit(self._decode_now, data)
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._decoded))
         try:
-            return image_for_model(data, self.model.config, self.limits.max_pixels)
+            return await asyncio.wrap_future(job)
         except DecodeError as e:
             self.metrics.rejected.labels(reason=e.reason).inc()
             status = 413 if e.reason == "too large" else 415
             raise HTTPException(status, f"{name}: {e.explanation}") from None
 
-    async def classify(self, image: torch.Tensor, topk: int) -> dict[str, Any]:
-        if not self.ready:
-            await self.start()
-        if not self.ready:
-            raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})
+    def _decoded(self) -> None:
+        self.decoding -= 1
+
+    async def _answer(self, data: bytes, name: str, topk: int) -> dict[str, Any]:
+        image = await self.decode(data, name)
         try:
-            res = await asyncio.wait_for(self.batcher.submit(image), self.limits.timeout_s)
+            res = await self.batcher.submit(image)
         except QueueFull:
             self.metrics.rejected.labels(reason="queue full").inc()
             raise HTTPException(503, f"the queue is full ({self.limits.max_queue} images); retry shortly",
                                 headers={"Retry-After": "1"}) from None
+        except ModelFailure as e:
+            self.metrics.rejected.labels(reason="model failed").inc()
+            raise HTTPException(500, f"{name}: the model failed on this image ({e})") from None
+        return {"top": top_classes(res.probs, topk, self.class_names), "batch_size": res.batch_size}
+
+    async def answer(self, data: bytes, name: str, topk: int) -> dict[str, Any]:
+        """Decode, queue and classify one image, all within `timeout_s`."""
+        try:
+            return await asyncio.wait_for(self._answer(data, name, topk), self.limits.timeout_s)
         except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             self.metrics.rejected.labels(reason="timeout").inc()
-            raise HTTPException(504, f"no answer within {self.limits.timeout_s:g} s") from None
-        return {"top": top_classes(res.probs, topk, self.class_names), "batch_size": res.batch_size}
+            raise HTTPException(504, f"{name}: no answer within {self.limits.timeout_s:g} s") from None
 
 
 async def read_body(request: Request, server: Server) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (by its header or while reading)."""
+    """The body, refused with 413 as soon as it passes the limit (by its header or while reading), and
+    with 408 when it has not all arrived within `read_timeout_s`."""
     limit = server.limits.max_body
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         server.metrics.rejected.labels(reason="body too large").inc()
         raise HTTPException(413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            server.metrics.rejected.labels(reason="body too large").inc()
-            raise HTTPException(413, f"the body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                server.metrics.rejected.labels(reason="body too large").inc()
+                raise HTTPException(413, f"the body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), server.limits.read_timeout_s)
+    except asyncio.TimeoutError:
+        server.metrics.rejected.labels(reason="body too slow").inc()
+        raise HTTPException(408, f"the body did not arrive within {server.limits.read_timeout_s:g} s "
+                                 f"({size:,} bytes came)", headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -159,11 +206,13 @@ async def images_of(request: Request, body: bytes, field: str, max_files: int) -
     return files
 
 
-def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limits | None = None) -> FastAPI:
-    """The ASGI app serving `src` (a checkpoint, an exported file or a model object)."""
+def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limits | None = None,
+               trust_compiled: bool = False) -> FastAPI:
+    """The ASGI app serving `src` (a checkpoint, an exported file or a model object), with the Host
+    check, JSON errors and per-response metrics of guard.py around every route."""
     limits = limits or Limits()
-    model = load_model(src, backend)
-    server = Server(model, limits, str(src) if not isinstance(src, nn.Module) else type(src).__name__)
+    model = load_model(src, backend, trust_compiled)
+    server = Server(model, limits, model_name(src))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -174,29 +223,33 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
     app = FastAPI(title="mixerlab", lifespan=lifespan)
     app.state.server = server
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t = time.perf_counter()
-        response = await call_next(request)
-        server.metrics.observe_request(request.url.path, response.status_code, time.perf_counter() - t,
-                                       server.batcher.depth if server.batcher else 0)
-        return response
-
     @app.post("/v1/predict")
     async def predict(request: Request, topk: int = Query(5, ge=1)) -> dict[str, Any]:
         """topk above the number of classes gives them all, as `mixerlab predict` does."""
         t = time.perf_counter()
         (name, data), = (await images_of(request, await read_body(request, server), "file", 1))[:1]
-        out = await server.classify(server.decode(data, name), topk)
+        await ensure_started(server)
+        server.admit(1)
+        out = await server.answer(data, name, topk)
         return {**out, "model": server.name, "time_ms": round(1000 * (time.perf_counter() - t), 2)}
 
     @app.post("/v1/predict/batch")
     async def predict_batch(request: Request, topk: int = Query(5, ge=1)) -> dict[str, Any]:
+        """Each file answered on its own: a bad file gets its `error` and `status`, the rest are classified."""
         t = time.perf_counter()
         files = await images_of(request, await read_body(request, server), "files", limits.max_files)
-        images = [server.decode(data, name) for name, data in files]  # all decoded before any is queued
-        outs = await asyncio.gather(*(server.classify(x, topk) for x in images))
-        return {"results": [{"file": n, **o} for (n, _), o in zip(files, outs)], "model": server.name,
+        await ensure_started(server)
+        server.admit(len(files))
+
+        async def one(name: str, data: bytes) -> dict[str, Any]:
+            try:
+                return {"file": name, **(await server.answer(data, name, topk))}
+            except HTTPException as e:
+                return {"file": name, "error": e.detail, "status": e.status_code}
+
+        results = await asyncio.gather(*(one(n, d) for n, d in files))
+        return {"results": results, "ok": sum("error" not in r for r in results),
+                "failed": sum("error" in r for r in results), "model": server.name,
                 "time_ms": round(1000 * (time.perf_counter() - t), 2)}
 
     @app.get("/healthz")
@@ -218,7 +271,8 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
                 "preprocess": cfg.preprocess(),
                 "backend": getattr(model, "backend", "torch"),
                 "limits": {"max_body_bytes": limits.max_body, "max_pixels": limits.max_pixels,
-                           "max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms}}
+                           "max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms,
+                           "max_files": limits.max_files, "timeout_s": limits.timeout_s}}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -228,4 +282,14 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
     async def page() -> str:
         return PAGE
 
+    def observe(path: str, status: int, seconds: float) -> None:
+        server.metrics.observe_request(path, status, seconds, server.batcher.depth if server.batcher else 0)
+
+    app.add_middleware(Guard, limits=limits, observe=observe)
     return app
+
+
+async def ensure_started(server: Server) -> None:
+    """Where a host runs no startup (some test clients, a mounted sub-app), the first request starts it."""
+    if not server.ready:
+        await server.start()

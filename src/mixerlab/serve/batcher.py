@@ -4,7 +4,8 @@ A Mixer runs many more images per second at batch 32 than at batch 1 on a CPU, s
 what arrives: the first request of a batch waits at most `max_wait_ms` for others, up to `max_batch`
 images. The model runs on one worker thread, off the event loop, so the server keeps accepting and
 rejecting requests while it computes. A full queue is refused at once (the server sheds load instead
-of falling over), and a request whose client gave up is dropped from its batch's results.
+of falling over), and a request whose client gave up is dropped from its batch's results. When a batch
+fails, each of its images runs again alone, so one bad image fails only its own request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ import torch
 
 class QueueFull(Exception):
     """The queue holds `max_queue` images already."""
+
+
+class ModelFailure(Exception):
+    """The model raised on this image (alone, after its batch failed)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"{type(cause).__name__}: {str(cause).strip()[:300]}")
+        self.cause = cause
 
 
 @dataclass
@@ -84,10 +93,14 @@ class Batcher:
         t = time.perf_counter()
         try:
             probs = await loop.run_in_executor(self.executor, self.run, torch.stack([it[0] for it in items]))
-        except Exception as e:  # the model failed: every request of the batch gets the error
-            for _, fut, _ in items:
-                if not fut.done():
-                    fut.set_exception(e)
+        except Exception as e:
+            if len(items) == 1:
+                if not items[0][1].done():
+                    items[0][1].set_exception(ModelFailure(e))
+                return
+            # One image may be what broke the batch: run each alone, so only the guilty request fails.
+            for item in items:
+                await self._run_batch(loop, [item])
             return
         self.on_batch(len(items), time.perf_counter() - t)
         for i, (_, fut, queued) in enumerate(items):

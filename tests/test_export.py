@@ -133,7 +133,10 @@ def test_an_aot_compiled_package_runs_without_the_model_code(trained, tmp_path, 
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=0)
-    assert cli(["eval", str(out), "--data", str(root), "--out", str(tmp_path / "ev")]) == 0
+    capsys.readouterr()
+    assert cli(["eval", str(out), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2  # runs code: opt-in
+    assert "native code that runs as soon as it is loaded" in capsys.readouterr().err
+    assert cli(["eval", str(out), "--data", str(root), "--out", str(tmp_path / "ev"), "--trust-compiled"]) == 0
 
 
 @pytest.mark.parametrize("out,message", [
@@ -186,3 +189,88 @@ def test_int8_is_for_onnx_and_a_missing_extra_is_named(trained, tmp_path, capsys
                         lambda n, *a: no_onnx(n) if n == "onnxscript" else real_import(n, fromlist=["_"]))
     assert cli(["export", str(run), str(tmp_path / "m.onnx")]) == 2
     assert "pip install 'mixerlab[export]'" in capsys.readouterr().err
+
+
+def evil_pt2(path, marker):
+    """A .pt2 with mixerlab's metadata and a shared library whose constructor writes `marker`."""
+    import subprocess
+    import zipfile
+
+    src = path.with_suffix(".c")
+    src.write_text(f'#include <stdio.h>\n__attribute__((constructor)) static void run(void) {{ '
+                   f'FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("ran", f); fclose(f); }} }}\n')
+    so = path.with_suffix(".so")
+    built = subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src)], capture_output=True).returncode == 0
+    cfg = mixerlab.get_config("mixer_pico", num_classes=3, img_size=16).to_dict()
+    meta = {"class_names": json.dumps(["a", "b", "c"]), "preprocess": json.dumps({}),
+            "mixerlab_config": json.dumps(cfg)}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("model/mixerlab/metadata.json", json.dumps(meta))
+        z.writestr("model/data/aotinductor/model/model.wrapper.so", so.read_bytes() if built else b"\x7fELF")
+    return built
+
+
+def test_a_pt2_is_never_loaded_unless_the_user_trusts_it(tmp_path, capsys, monkeypatch):
+    from mixerlab.export.onnx import ExportError
+    from mixerlab.export.runtime import load_exported
+
+    marker = tmp_path / "ran.txt"
+    evil_pt2(tmp_path / "evil.pt2", marker)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(img)
+    for argv in (["predict", str(tmp_path / "evil.pt2"), str(img)],
+                 ["eval", str(tmp_path / "evil.pt2"), "--data", str(tmp_path)]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert "refused to load" in err and "--trust-compiled" in err
+    with pytest.raises(ExportError, match="trust_compiled=True"):
+        load_exported(tmp_path / "evil.pt2")
+    assert not marker.exists()  # nothing ran
+    # Trusted, a package that is not a real AOTInductor one fails cleanly and leaves no temp folder.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(ExportError, match="not a loadable AOTInductor package|does not take the input"):
+        load_exported(tmp_path / "evil.pt2", trust_compiled=True)
+    assert list(tmp.iterdir()) == []
+
+
+def _tamper(src, dst, **changes):
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props}
+    cfg = json.loads(props["mixerlab_config"])
+    for k, v in changes.items():
+        if k in cfg:
+            cfg[k] = v
+        else:
+            props[k] = v
+    props["mixerlab_config"] = json.dumps(cfg)
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(dst))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"img_size": [32, 32]}, "the metadata says input [3, 32, 32] (in_chans, height, width), the graph takes"),
+    ({"in_chans": 1}, "the metadata says input [1, 16, 16]"),
+    ({"num_classes": 5}, "lists 3 names for a model of 5 classes"),
+    ({"class_names": "5"}, "'class_names' must be a list of strings or null, found '5'"),
+    ({"class_names": '"abc"'}, "'class_names' must be a list of strings or null, found 'abc'"),
+    ({"class_names": '["a", "b"]'}, "lists 2 names for a model of 3 classes"),
+    ({"class_names": "[not json"}, "cannot read its metadata"),
+    ({"depth": -3}, "metadata key 'mixerlab_config' is not a valid model config"),
+])
+def test_tampered_export_metadata_is_refused_with_its_key(trained, tmp_path, capsys, change, message):
+    run, root = trained
+    assert cli(["export", str(run), str(tmp_path / "m.onnx")]) == 0
+    _tamper(tmp_path / "m.onnx", tmp_path / "bad.onnx", **change)
+    capsys.readouterr()
+    assert cli(["predict", str(tmp_path / "bad.onnx"), str(root / "val" / "square" / "0.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "bad.onnx" in err and "Traceback" not in err

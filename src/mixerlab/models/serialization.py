@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,29 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file, or one CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: bad JSON: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def read_saved_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, config dict with "class_names" when saved) of a `save_pretrained` folder."""
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path / CONFIG_NAME}: bad JSON: {e}") from None
+    config = read_json(path / CONFIG_NAME)
     sd, _ = read_safetensors(path / WEIGHTS_NAME)
     return sd, config
+
+
+def check_depth(cfg: Any, sd: dict[str, torch.Tensor], src: str) -> None:
+    """The config's depth against the blocks the weights hold, counted from the keys: a config can say
+    depth 10^9, and building that many blocks (even without memory) would never end."""
+    held = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if cfg.depth != len(held):
+        raise CheckpointError(f"{src}: its config says depth {cfg.depth}, but the weights hold {len(held)} blocks")
 
 
 def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], src: str) -> None:

@@ -31,7 +31,7 @@ from ..models.config import MixerConfig, ViTConfig, config_from_dict
 from ..models.layers import to_2tuple
 from ..models.registry import create_model as create_random_model
 from ..models.registry import get_config, model_from_config
-from . import official, timm
+from . import npz, official, timm
 from .resize import resize_token_mixing
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def load_state_and_config(
     fmt = detect_format(path)
     preprocess = None
     if fmt == "timm-dir":
-        timm_config = json.loads((path / serialization.CONFIG_NAME).read_text())
+        timm_config = serialization.read_json(path / serialization.CONFIG_NAME)
         num_heads = num_heads or timm.heads_from_timm_config(timm_config)
         preprocess = timm.preprocess_from_timm_config(timm_config)
         path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
@@ -134,9 +134,12 @@ def load_state_and_config(
         path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
         fmt = "torch"
     if fmt == "npz":
-        arrays = official.convert_pre_linen(official.read_npz(path))
-        cfg = official.infer_config(arrays, str(path), img_size)
-        return official.official_to_state_dict(arrays, cfg, _expected_shapes(cfg), str(path)), cfg, "official", None
+        # Headers first: the config and every shape are checked before a byte of data is inflated.
+        headers = official.convert_pre_linen(npz.scan(path))
+        cfg = official.infer_config(headers, str(path), img_size)
+        shapes = _expected_shapes(cfg)
+        official.check_keys_and_shapes(headers, cfg, shapes, str(path))
+        return official.official_to_state_dict(npz.read(path, headers), cfg, shapes, str(path)), cfg, "official", None
     config = None
     if fmt == "mixerlab-dir":
         sd, config = serialization.read_saved_model(path)
@@ -156,12 +159,20 @@ def load_state_and_config(
             return sd, timm.config_from_state_dict(sd, str(path), num_heads, preprocess), "timm", None
         except ConfigError as e:
             raise CheckpointError(f"{path}: bad preprocessing in its timm config: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its model config is {type(config).__name__}, not a mapping")
     config = dict(config)
     names = config.pop("class_names", None)
     try:
-        return sd, config_from_dict(config), "mixerlab", names
+        cfg = config_from_dict(config)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{path}: 'class_names' must be a list of strings, found {str(names)[:100]!r}")
+    if names is not None and len(names) != cfg.num_classes:
+        raise CheckpointError(f"{path}: its config names {len(names)} classes for a model of {cfg.num_classes} "
+                              f"(num_classes)")
+    return sd, cfg, "mixerlab", names
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
@@ -194,6 +205,7 @@ def load_model(src: str | os.PathLike, img_size: tuple[int, int] | None = None, 
         cfg = cfg.replace(**overrides)
     except TypeError as e:
         raise ValueError(f"bad override for {cfg.arch}: {e}") from None
+    serialization.check_depth(cfg, sd, str(src))  # before anything is built from the config's numbers
     with torch.device("meta"):  # skip the random init: every tensor is about to be replaced
         model = model_from_config(cfg)
     serialization.load_into(model, sd, str(src))

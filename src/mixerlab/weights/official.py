@@ -7,7 +7,6 @@ import io
 import math
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..io_utils import atomic_write_bytes
 from ..models.config import MixerConfig
+from . import npz
 
 _BLOCK_RE = re.compile(r"^MixerBlock_(\d+)/")
 _MODULE_NUM_RE = re.compile(r"^(.*)_\d+$")
@@ -71,20 +71,9 @@ def convert_pre_linen(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an .npz without unpickling anything; errors name the file."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint (truncated or corrupt?): {e}") from None
-    # Some published files nest everything under "params/" or "opt/target/"; strip that.
-    for prefix in ("opt/target/", "params/"):
-        if arrays and all(k.startswith(prefix) for k in arrays):
-            arrays = {k[len(prefix):]: v for k, v in arrays.items()}
-    return arrays
+    """Load every array of an .npz without unpickling anything, each header checked before its data
+    (npz.py); errors name the file."""
+    return npz.read(path, npz.scan(path))
 
 
 def _get(arrays: Mapping[str, np.ndarray], key: str, src: str) -> np.ndarray:
@@ -157,13 +146,10 @@ def _to_numpy(t: torch.Tensor, how: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def official_to_state_dict(
-    arrays: Mapping[str, np.ndarray], cfg: MixerConfig, expected: Mapping[str, torch.Size],
-    src: str = "checkpoint",
-) -> dict[str, torch.Tensor]:
-    """Map official arrays onto our names, checking every key against `cfg` and every shape against
-    `expected` (our name -> shape, e.g. a model's state dict), so errors name the official key."""
-    arrays = convert_pre_linen(arrays)
+def check_keys_and_shapes(arrays: Mapping, cfg: MixerConfig, expected: Mapping[str, torch.Size],
+                          src: str = "checkpoint") -> None:
+    """Every official key `cfg` needs, no other, each of the shape `expected` (our name -> shape) says.
+    Works on arrays or on npz headers alike (anything with `.shape`), so it can run before any data."""
     rows = _mapping(cfg)
     missing = [o for o, _, _ in rows if o not in arrays]
     if missing:
@@ -171,16 +157,27 @@ def official_to_state_dict(
     extra = sorted(set(arrays) - {o for o, _, _ in rows})
     if extra:
         raise CheckpointError(f"{src}: unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    sd = {}
     for o, t, how in rows:
-        value = _to_torch(arrays[o], how)
-        if value.shape != expected[t]:
-            want = list(_to_numpy(torch.empty(expected[t]), how).shape)
-            raise CheckpointError(
-                f"{src}: key {o!r} has shape {list(arrays[o].shape)}, expected {want}"
-            )
-        sd[t] = value
-    return sd
+        want = list(_official_shape(expected[t], how))
+        if list(arrays[o].shape) != want:
+            raise CheckpointError(f"{src}: key {o!r} has shape {list(arrays[o].shape)}, expected {want}")
+
+
+def _official_shape(shape: torch.Size, how: str) -> tuple[int, ...]:
+    if how == "conv":  # OIHW -> HWIO
+        return (shape[2], shape[3], shape[1], shape[0])
+    return tuple(reversed(shape)) if how == "dense" else tuple(shape)
+
+
+def official_to_state_dict(
+    arrays: Mapping[str, np.ndarray], cfg: MixerConfig, expected: Mapping[str, torch.Size],
+    src: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Map official arrays onto our names, checking every key against `cfg` and every shape against
+    `expected` (our name -> shape, e.g. a model's state dict), so errors name the official key."""
+    arrays = convert_pre_linen(arrays)
+    check_keys_and_shapes(arrays, cfg, expected, src)
+    return {t: _to_torch(arrays[o], how) for o, t, how in _mapping(cfg)}
 
 
 def state_dict_to_official(sd: Mapping[str, torch.Tensor], cfg: MixerConfig) -> dict[str, np.ndarray]:

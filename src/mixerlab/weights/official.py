@@ -8,7 +8,6 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch

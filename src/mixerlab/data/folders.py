@@ -29,12 +29,23 @@ def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
-    items, empty = [], []
+    items, empty, left_out = [], [], []
     for i, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = []
+        for p in sorted((root / c).rglob("*")):
+            if p.suffix.lower() not in IMAGE_EXTS or not p.is_file():
+                continue
+            # macOS leaves '._name.jpg' metadata beside each file it copies; an empty file is no image
+            if p.name.startswith("._") or p.stat().st_size == 0:
+                left_out.append(p)
+            else:
+                files.append(p)
         if not files:
             empty.append(c)
         items += [(p, i) for p in files]
+    if left_out:
+        log.warning("%s: left out %d file(s) that are macOS '._' metadata or empty (0 bytes), e.g. %s", root,
+                    len(left_out), left_out[0])
     if empty:
         raise DataError(f"{root}: class folders with no images: {', '.join(empty)}")
     return classes, items

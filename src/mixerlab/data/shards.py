@@ -16,11 +16,10 @@ from them, so an epoch stopped at step k resumes with exactly the batches the un
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 import re
-import urllib.request
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -32,11 +31,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import DataError
 from ..io_utils import atomic_write_json
 from .datasets import StreamDataset
-from .stream import decode_sample, epoch_seed, loader_options
+from .shard_index import INDEX, check_counts, http_opener, is_url, read_index
+from .stream import NO_SAMPLE, decode_sample, epoch_seed, loader_options
 
 log = logging.getLogger(__name__)
 
-INDEX = "dataset.json"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
 SHUFFLE_BUFFER = 500  # samples per worker; about 50 MB of 224 px JPEGs
 SLOT_STRIDE = 1 << 40  # sample ids: slot * SLOT_STRIDE + position in the slot's stream
@@ -47,6 +46,9 @@ def _wds():
         import webdataset
     except ImportError:
         raise DataError("WebDataset shards need the webdataset package: pip install 'mixerlab[data]'") from None
+    import sys
+
+    sys.modules["webdataset.gopen"].gopen_schemes.update(http=http_opener, https=http_opener)  # timeouts; see shard_index.py
     return webdataset
 
 
@@ -61,19 +63,17 @@ def expand(spec: str) -> list[str]:
     return [u for part in spec.split("::") for u in braceexpand.braceexpand(part)]
 
 
-def _is_url(s: str) -> bool:
-    return "://" in s
+def describe_shard_error(e: Exception) -> str:
+    """'URL: ReadError: what went wrong', from an exception webdataset decorated with its source."""
+    url = next((a for a in reversed(e.args) if isinstance(a, str) and ("/" in a or a.endswith(".tar"))), None)
+    first = str(e.args[0]).split(" @ <")[0] if e.args and isinstance(e.args[0], str) else ""
+    return f"{url or 'a shard'}: {type(e).__name__}{': ' + first if first else ''}"
 
 
-def _read_index(base: str) -> dict | None:
-    where = f"{base.rstrip('/')}/{INDEX}"
-    try:
-        if _is_url(base):
-            with urllib.request.urlopen(where, timeout=60) as r:
-                return json.loads(r.read())
-        return json.loads(Path(where).read_text()) if Path(where).is_file() else None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{where}: cannot read the shard index: {e}") from None
+def raise_if_no_sample(errors: list[str]) -> None:
+    fatal = next((e for e in errors if e.startswith(NO_SAMPLE)), None)
+    if fatal is not None:
+        raise DataError(fatal)
 
 
 def _sample_image(sample: dict) -> bytes | None:
@@ -84,8 +84,10 @@ def _sample_image(sample: dict) -> bytes | None:
 class ShardStream(IterableDataset):
     """One split of a sharded dataset, decoded in the DataLoader's workers; see the module docstring."""
 
-    def __init__(self, urls: list[str], counts: list[int], channels: int, train: bool, workers: int = 0):
+    def __init__(self, urls: list[str], counts: list[int], channels: int, train: bool, workers: int = 0,
+                 num_classes: int = 1 << 62):
         self.urls, self.counts, self.channels, self.train, self.workers = urls, counts, channels, train, workers
+        self.num_classes = num_classes
         self.transform: Callable | None = None
         self.seed, self.rank, self.world_size = 0, 0, 1
         self.epoch, self._skip, self._read = 0, 0, 0
@@ -110,12 +112,16 @@ class ShardStream(IterableDataset):
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         return self.rank * n + w, self.world_size * n
 
-    def _urls(self, slot: int, slots: int) -> Iterator[dict]:
-        """The slot's shards: once in order to evaluate; in training a new deal every round, forever."""
+    def _urls(self, slot: int, slots: int, read: list[int]) -> Iterator[dict]:
+        """The slot's shards: once in order to evaluate; in training a new deal every round, until a
+        whole round gives no sample (`read[0]` counts them), when every shard is unreadable."""
         if not self.train:
             yield from ({"url": u} for u in self.urls[slot::slots])
             return
         for rnd in range(1 << 30):
+            if rnd and not read[0]:
+                return
+            read[0] = 0
             order = list(self.urls)
             random.Random(f"{self.seed}/{self.epoch}/{rnd}").shuffle(order)
             yield from ({"url": u} for u in order[slot::slots])
@@ -124,17 +130,28 @@ class ShardStream(IterableDataset):
         wds = _wds()
         slot, slots = self._slot()
         errors: list[str] = []
+        reported: set[str] = set()  # a damaged shard is named once per reader, not every round
+        read = [0]
 
         def note(e: Exception) -> bool:  # a shard that cannot be read: named, and the stream goes on
-            errors.append(f"{type(e).__name__}: {e}")
+            text = describe_shard_error(e)
+            if text not in reported:
+                reported.add(text)
+                errors.append(text)
             return True
 
-        samples = wds.tariterators.tarfile_samples(self._urls(slot, slots), handler=note)
+        def counted(it: Iterator[dict]) -> Iterator[dict]:  # samples read from the tars, before any buffer
+            for sample in it:
+                read[0] += 1
+                yield sample
+
+        samples = counted(wds.tariterators.tarfile_samples(self._urls(slot, slots, read), handler=note))
         if self.train:
             rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
             samples = wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_BUFFER // 5, rng=rng)(samples)
         self._read = self._skip
         base = epoch_seed(self.seed, self.epoch) + slot
+        i = -1
         for i, sample in enumerate(samples):
             if i < self._skip:  # resuming: read past what the stopped run had taken, decode nothing
                 errors.clear()  # reported before the stop
@@ -143,6 +160,13 @@ class ShardStream(IterableDataset):
             while errors:
                 yield slot * SLOT_STRIDE + i, None, -1, errors.pop(0)
             yield self._decode(sample, slot * SLOT_STRIDE + i, (base * SLOT_STRIDE + i) % (1 << 63))
+        mine = self.urls[slot::slots]
+        if i < 0 and mine and (self.train or errors):  # nothing at all came out of this slot's shards
+            yield slot * SLOT_STRIDE, None, -1, (
+                f"{NO_SAMPLE}{len(mine)} shard(s) gave no sample ({', '.join(mine[:3])}"
+                f"{', ...' if len(mine) > 3 else ''}): {'; '.join(errors[:3]) or 'they are empty'}")
+        while errors:
+            yield slot * SLOT_STRIDE + max(i, 0), None, -1, errors.pop(0)
 
     def _decode(self, sample: dict, sid: int, seed: int) -> tuple[int, torch.Tensor | None, int, str | None]:
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
@@ -153,6 +177,8 @@ class ShardStream(IterableDataset):
             label = int(sample["cls"])
         except ValueError:
             return sid, None, -1, f"{name}: .cls is not an integer"
+        if not 0 <= label < self.num_classes:
+            return sid, None, -1, f"{name}: label {label} is not one of the {self.num_classes} classes of {INDEX}"
         x, err = decode_sample(data, name, self.channels, self.transform, seed if self.train else None)
         return sid, x, label, err
 
@@ -183,6 +209,7 @@ class ShardStream(IterableDataset):
         once.transform = partial(eval_image, cfg=model_cfg)
         workers = min(self.workers, max(len(self.urls) // world_size, 1))
         for b in DataLoader(once, batch_size=batch_size, **loader_options(workers, torch.device("cpu"))):
+            raise_if_no_sample(b.errors)
             yield b.ids, b.images, b.labels, b.errors
 
 
@@ -191,11 +218,11 @@ def open_shards(spec: str, val_spec: str | None, img_size: tuple[int, int] | Non
     """Training shards from `spec` (a pattern, or a folder `pack` wrote), validation shards from
     `val_spec`, else those dataset.json lists, else the same pattern with 'train' replaced by 'val'."""
     if Path(spec).joinpath(INDEX).is_file():
-        base, index = spec, _read_index(spec)
+        base, index = spec, read_index(spec)
         spec = f"{spec.rstrip('/')}/{index['splits']['train']['pattern']}"
     else:
         base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-        index = _read_index(base)
+        index = read_index(base)
     if index is None:
         raise DataError(f"{base}: no {INDEX} beside the shards; write them with `mixerlab data pack`, which "
                         f"records the classes, the image size and each shard's sample count")
@@ -211,11 +238,13 @@ def open_shards(spec: str, val_spec: str | None, img_size: tuple[int, int] | Non
         missing = [u for u in urls if u.rsplit("/", 1)[-1] not in counts]
         if missing:
             raise DataError(f"{pattern}: {len(missing)} shard(s) not in {base}/{INDEX}, e.g. {missing[0]}")
-        if not _is_url(urls[0]):
+        if not is_url(urls[0]):
             absent = [u for u in urls if not Path(u).is_file()]
             if absent:
                 raise DataError(f"{pattern}: {len(absent)} of {len(urls)} shard(s) missing, e.g. {absent[0]}")
-        return ShardStream(urls, [counts[u.rsplit("/", 1)[-1]] for u in urls], channels, train, workers)
+        check_counts(urls, counts, f"{base}/{INDEX}")
+        return ShardStream(urls, [counts[u.rsplit("/", 1)[-1]] for u in urls], channels, train, workers,
+                           len(index["classes"]))
 
     if val_spec == spec:
         raise DataError(f"{spec}: which shards are for validation? Pass --val-data PATTERN")
@@ -232,24 +261,42 @@ def pack(items_by_split: dict[str, list[tuple[Path, int]]], classes: list[str], 
     wds = _wds()
     from tqdm import tqdm
 
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; give a folder to write the shards into")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for name, items in items_by_split.items():
-        pattern = str(out / f"{name}-%06d.tar")
-        counts: dict[str, int] = {}
-        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-            for i, (path, label) in enumerate(tqdm(items, desc=f"pack {name}", disable=not progress)):
-                key = f"{i:09d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)  # names the file in errors
-                sink.write({"__key__": key, path.suffix.lower().lstrip("."): Path(path).read_bytes(),
-                            "cls": str(label).encode()})
-                shard = Path(sink.fname).name
-                counts[shard] = counts.get(shard, 0) + 1
-        last = (len(counts) - 1) if counts else 0
-        splits[name] = {"pattern": f"{name}-{{000000..{last:06d}}}.tar", "counts": counts}
-    index = {"format": "webdataset", "classes": classes, "img_size": list(img_size), "channels": channels,
-             "splits": splits}
-    atomic_write_json(out / INDEX, index)
+    written: list[Path] = []
+    try:
+        splits = {name: _pack_split(wds, tqdm, name, items, out, shard_size, progress, written)
+                  for name, items in items_by_split.items()}
+        index = {"format": "webdataset", "classes": classes, "img_size": list(img_size), "channels": channels,
+                 "splits": splits}
+        atomic_write_json(out / INDEX, index)
+    except BaseException:  # an interrupted or failed pack leaves nothing half-written behind
+        for f in written:
+            f.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return index
+
+
+def _pack_split(wds, tqdm, name: str, items: list[tuple[Path, int]], out: Path, shard_size: int, progress: bool,
+                written: list[Path]) -> dict:
+    # ShardWriter formats its pattern with %: a '%' in the folder's own name must not be read as one
+    pattern = str(out).replace("%", "%%") + f"/{name}-%06d.tar"
+    counts: dict[str, int] = {}
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        for i, (path, label) in enumerate(tqdm(items, desc=f"pack {name}", disable=not progress)):
+            key = f"{i:09d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)  # names the file in errors
+            sink.write({"__key__": key, path.suffix.lower().lstrip("."): Path(path).read_bytes(),
+                        "cls": str(label).encode()})
+            shard = Path(sink.fname)
+            if shard.name not in counts:
+                written.append(shard)
+            counts[shard.name] = counts.get(shard.name, 0) + 1
+    last = (len(counts) - 1) if counts else 0
+    return {"pattern": f"{name}-{{000000..{last:06d}}}.tar", "counts": counts}
 
 
 def pack_folder(root: Path, out: Path, shard_size: int, val_split: float = 0.1, seed: int = 0,

@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 from .decode import DecodeError, decode_image
 
 SAMPLE_SEED_STRIDE = 1_000_003
+NO_SAMPLE = "no sample could be read: "  # an error that ends the run: a reader's every source failed
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

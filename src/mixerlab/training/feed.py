@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from ..data.shards import raise_if_no_sample
 from ..data.stream import train_transform
 from ..data.transforms import BatchAugment
 from ..errors import DataError
@@ -71,6 +72,7 @@ class StreamFeed:
                 batches, errors = [], []
                 for _ in range(cfg.accum_steps):
                     b = next(it)
+                    raise_if_no_sample(b.errors)
                     errors += b.errors
                     if len(b.labels):
                         batches.append((b.images.to(run.device, non_blocking=True), b.labels))

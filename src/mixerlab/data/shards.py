@@ -48,7 +48,8 @@ def _wds():
         raise DataError("WebDataset shards need the webdataset package: pip install 'mixerlab[data]'") from None
     import sys
 
-    sys.modules["webdataset.gopen"].gopen_schemes.update(http=http_opener, https=http_opener)  # timeouts; see shard_index.py
+    # timeouts (shard_index.py); the package's `gopen` attribute is the function, hence sys.modules
+    sys.modules["webdataset.gopen"].gopen_schemes.update(http=http_opener, https=http_opener)
     return webdataset
 
 

@@ -123,3 +123,42 @@ def test_a_torch_checkpoint_config_that_lies_about_depth(tmp_path):
     torch.save({"model": m.state_dict(), "config": cfg}, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="says depth 1000000000, but the weights hold 6 blocks"):
         mixerlab.from_pretrained(tmp_path)
+
+
+def test_outputs_under_a_file_are_one_message(saved, tmp_path, capsys):
+    (tmp_path / "plain").write_text("x")
+    pytest.importorskip("onnx")
+    assert cli(["export", str(saved), str(tmp_path / "plain" / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'plain' / 'm.onnx'}: {tmp_path / 'plain'} is a file, not a folder" in err
+    assert cli(["convert", str(saved), str(tmp_path / "plain" / "sub"), "--to", "mixerlab"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_predict_escapes_names_and_sums_up(saved, tmp_path, capsys):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (16, 16), "red").save(d / "a.png")
+    Image.new("RGB", (16, 16), "blue").save(d / "evil\nfake.png: a 100.0%.png")
+    (d / "broken.png").write_bytes(b"nope")
+    assert cli(["predict", str(saved), str(d)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[-1] == "3 file(s): 2 classified, 1 unusable"
+    assert any("evil\\x0afake.png" in line for line in out)
+    assert not any(line.startswith("fake.png") for line in out)
+
+
+def test_eval_with_a_missing_class_shows_both_lists(saved, tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "data" / c / f"{i}.png")
+    assert cli(["eval", str(saved), "--data", str(tmp_path / "data"), "--split", "train",
+                "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 classes but" in err and "the model's ['a', 'b', 'c'], the data's ['a', 'b']" in err
+    assert "not in the data: ['c']" in err

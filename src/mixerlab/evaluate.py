@@ -20,9 +20,16 @@ log = logging.getLogger(__name__)
 def check_classes(model: nn.Module, data_classes: list[str], src: str, data: str, by_index: bool = False) -> None:
     """Refuse to score a model on data whose classes are not the ones it was trained on: the same
     count is not enough, the names must agree (or `by_index` says that class i is class i)."""
-    if len(data_classes) != model.num_classes:
-        raise DataError(f"{src} has {model.num_classes} classes but {data} has {len(data_classes)}")
     names = getattr(model, "class_names", None)
+    if len(data_classes) != model.num_classes:
+        detail = ""
+        if names is not None:
+            missing = [c for c in names if c not in data_classes]
+            extra = [c for c in data_classes if c not in names]
+            detail = (f": the model's {list(names)}, the data's {list(data_classes)}"
+                      + (f"; not in the data: {missing}" if missing else "")
+                      + (f"; not in the model: {extra}" if extra else ""))
+        raise DataError(f"{src} has {model.num_classes} classes but {data} has {len(data_classes)}{detail}")
     if names is None:
         log.warning("%s carries no class names: class i of %s is scored as the model's class i", src, data)
     elif list(names) != list(data_classes) and not by_index:

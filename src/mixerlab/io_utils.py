@@ -19,11 +19,32 @@ class DiskFullError(MixerlabError, OSError):
     """The disk filled up while a file was written; the previous version of the file is kept."""
 
 
+class OutputError(MixerlabError, OSError):
+    """An output path that cannot be written: under a file, in a folder without permission."""
+
+
+def writable_folder(folder: Path, target: Path | None = None) -> None:
+    """Make `folder` (and its parents) or say in one line why it cannot be written into."""
+    target = target or folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise NotADirectoryError
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise OutputError(f"cannot write {target}: {blocker} is a file, not a folder") from None
+    except PermissionError:
+        raise OutputError(f"cannot write {target}: no permission to create {folder}") from None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, then move the finished file over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    writable_folder(path.parent, path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError:
+        raise OutputError(f"cannot write {path}: no permission to write in {path.parent}") from None
     os.close(fd)
     try:
         write(tmp)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 
 from .common import add_preprocess, add_trust_compiled, load_for_inference, positive_int
 
@@ -37,7 +39,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..data.sources import load_dataset
     from ..evaluate import check_classes, evaluate
-    from ..io_utils import atomic_write_json
+    from ..io_utils import atomic_write_json, writable_folder
     from ..perf.runtime import pick_device
 
     model = load_for_inference(args.src, args)
@@ -51,7 +53,7 @@ def run_eval(args: argparse.Namespace) -> int:
     res = evaluate(model, split, data.num_classes, device, args.batch_size, args.precision, progress=True,
                    tta=args.tta, hardest=16)
     out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
     names = getattr(model, "class_names", None) or data.classes
     stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
     report = write_eval_report(model, res, res.pop("hardest_images"), names, out, stem,
@@ -103,13 +105,23 @@ def run_predict(args: argparse.Namespace) -> int:
     files = list_image_files(args.images)
     results = predict_files(model, files, args.topk, str(pick_device(args.device)),
                             getattr(model, "class_names", None))
+    bad = sum("error" in r for r in results)
+    summary = f"{len(results)} file(s): {len(results) - bad} classified, {bad} unusable"
     if args.json:
         print(json.dumps(results, indent=2))
+        print(summary, file=sys.stderr)
     else:
-        for r in results:
+        for r in results:  # names shown with control characters escaped: a newline cannot fake a line
             if "error" in r:
-                print(f"{r['file']}: {r['error']}")
+                print(f"{printable(r['file'])}: {r['error']}")
                 continue
-            top = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
-            print(f"{r['file']}: {top}")
-    return 1 if any("error" in r for r in results) else 0
+            top = ", ".join(f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{printable(r['file'])}: {top}")
+        if len(results) > 1:
+            print(summary)
+    return 1 if bad else 0
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, escapes, carriage returns) shown as \\xNN."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)

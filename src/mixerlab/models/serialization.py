@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..io_utils import atomic_write, atomic_write_json
+from ..io_utils import atomic_write, atomic_write_json, writable_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,7 +29,7 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike) -
     from safetensors.torch import save_file
 
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
     cfg_json = json.dumps(model.config.to_dict(), sort_keys=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(sd, tmp, metadata={CONFIG_METADATA_KEY: cfg_json}))

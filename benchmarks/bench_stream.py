@@ -47,6 +47,40 @@ def make_folder(root: Path, n_train: int, n_val: int = 200) -> Path:
     return root
 
 
+def make_flat_folder(root: Path, n: int, side: int = 128) -> Path:
+    """One folder of n JPEGs of one size (no val/: the trainer holds out --val-split of them)."""
+    if (root / "done").is_file():
+        return root
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:side, 0:side]
+    for i in range(n):
+        c = i % CLASSES
+        a = np.clip(((xx + yy)[..., None] * (c + 1)) % 256 + rng.integers(-40, 40, (side, side, 3)), 0, 255)
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a.astype(np.uint8)).save(d / f"{i:06d}.jpg", quality=90)
+    (root / "done").write_text("")
+    return root
+
+
+def flat_memory(out: Path, sizes: list[int], eval_batch: int) -> dict:
+    """Peak PSS of `mixerlab train --stream --val-split 0.1` (mixer_nano, P=16, 128 px, 20 steps) against
+    the folder's size. The validation split grows with the folder, so `eval_batch` is set small enough
+    that even the smallest folder's split fills whole batches: what is compared is then the dataset's
+    own footprint, not a batch that is smaller only because the split is."""
+    res = {}
+    for n in sizes:
+        folder = make_flat_folder(out / f"flat{n}", n)
+        run = out / f"flat-run{n}"
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+        cmd = [sys.executable, "-m", "mixerlab", "train", "--data", str(folder), "--out", str(run), "--stream",
+               "--val-split", "0.1", "--img-size", "128", "--model", "mixer_nano", "--model-arg", "patch_size=16",
+               "--epochs", "1", "--max-steps-per-epoch", "20", "--eval-batch-size", str(eval_batch), "--quiet"]
+        res[n], _ = peak_rss_of(cmd)
+        print(f"{n:>6} images of 128 px, --val-split 0.1, streamed: peak memory (PSS) {res[n]:,.0f} MB")
+    return res
+
+
 def decode_rate(root: Path, n: int = 400) -> float:
     """Images/s one process decodes and augments (the work of one worker) at 224 px."""
     items = [(p, 0) for p in sorted((root / "train").rglob("*.jpg"))[:n]]
@@ -97,8 +131,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", default="runs/bench-stream")
     ap.add_argument("--skip-share", action="store_true", help="only the memory measurement")
+    ap.add_argument("--flat", type=int, nargs="*", metavar="N",
+                    help="only the flat-memory check on one folder of N 128 px images each (default 2000 20000)")
+    ap.add_argument("--eval-batch", type=int, default=100, help="with --flat: the evaluation batch")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.flat is not None:
+        sizes = args.flat or [2000, 20000]
+        res = {"machine": machine_info(), "eval_batch": args.eval_batch,
+               "peak_pss_mb": flat_memory(out, sizes, args.eval_batch)}
+        lo, hi = min(sizes), max(sizes)
+        print(f"{hi:,} against {lo:,} images: x{res['peak_pss_mb'][hi] / res['peak_pss_mb'][lo]:.2f}")
+        (out / "flat.json").write_text(json.dumps(res, indent=2))
+        return
     folders = {n: make_folder(out / f"jpeg{n}", n) for n in args.sizes}
     small = folders[min(args.sizes)]
     res: dict = {"machine": machine_info(), "decode_img_s_per_worker": decode_rate(small)}

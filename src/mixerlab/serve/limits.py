@@ -39,7 +39,7 @@ class Limits:
     keep_alive_s: float = 5  # an idle keep-alive connection is closed after this
     max_header_kb: int = 64  # the request line and headers together (400 beyond)
     max_headers: int = 100  # header lines per request (431 beyond)
-    max_connections: int = 128  # open connections at once (503 and closed beyond)
+    max_connections: int = 64  # open connections at once (503 and closed beyond)
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header names answered ("*": any)
 
     def __post_init__(self) -> None:

@@ -368,3 +368,13 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_version_flag(capsys):
+    from importlib.metadata import version
+
+    from mixerlab.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"mixerlab {version('mixerlab')}"

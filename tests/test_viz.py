@@ -144,3 +144,19 @@ def test_the_run_report_and_the_eval_report(tmp_path, browser):
     page.goto((run / "report.html").as_uri())
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
     assert widths and all(w > 0 for w in widths)  # every embedded image decodes
+
+
+def test_a_run_that_errs_shows_its_mistakes_in_the_report(tmp_path):
+    """A barely trained model (lr near 0) misclassifies most images: the report must say so."""
+    from mixerlab.training.loop import train
+
+    from .test_train import make_image_folder, tiny_cfg
+
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=1, lr=1e-9))
+    run = tmp_path / "run"
+    md = (run / "report.md").read_text()
+    ev = json.loads((run / "summary.json").read_text())
+    assert ev["val_top1"] < 0.9
+    assert "No image was misclassified" not in md
+    assert "images were misclassified" in md and "](hardest.png)" in md and (run / "hardest.png").is_file()

@@ -172,10 +172,17 @@ def add_evaluation(doc: Document, ev: dict[str, Any], classes: list[str], folder
     doc.table(["class", "images", "accuracy (recall)", "precision"], class_rows(ev, classes))
     doc.image(folder / f"{stem}confusion.png", "confusion matrix (rows: true class)")
     doc.heading("Most confident mistakes")
-    if ev.get("hardest"):
-        doc.image(folder / f"{stem}hardest.png", "the validation images misclassified with the highest confidence")
-    else:
+    cm = ev["confusion"]
+    wrong = sum(map(sum, cm)) - sum(cm[i][i] for i in range(len(cm)))
+    if wrong == 0:  # decided by the counts, never by whether a figure was drawn
         doc.para("No image was misclassified.")
+    elif ev.get("hardest") and (folder / f"{stem}hardest.png").is_file():
+        doc.para(f"{wrong:,} of {sum(map(sum, cm)):,} images were misclassified; the "
+                 f"{len(ev['hardest'])} most confident mistakes:")
+        doc.image(folder / f"{stem}hardest.png", ev.get("hardest_caption", "the validation images misclassified "
+                                                                            "with the highest confidence"))
+    else:
+        doc.para(f"{wrong:,} of {sum(map(sum, cm)):,} images were misclassified.")
     doc.heading("What the first layer's token mixing learned")
     doc.image(folder / "token_mixing_block0_first64.png",
               "first 64 hidden units of block 0's token-mixing MLP over the patch grid, low frequency first, "

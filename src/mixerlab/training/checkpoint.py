@@ -4,7 +4,11 @@ checkpoint is `Run.state_dict()` (loop.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from ..io_utils import atomic_write
 from .config import RESUMABLE, TrainConfig
 
 CHECKPOINT_FORMAT = "mixerlab-train-v1"
+RUNS = Path("runs")  # where runs without --out get a folder each
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -51,12 +56,54 @@ def open_run(cfg: TrainConfig | None, resume: str | None,
         return cfg, run_dir, ckpt
     if cfg is None:
         raise ValueError("train() needs a TrainConfig or a run folder to resume")
+    if cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=str(new_run_dir(cfg.model)))
     run_dir = Path(cfg.out)
     if (run_dir / "last.pt").exists():
         raise TrainingError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                             f"or choose another --out")
     check_writable_dir(run_dir)
     return cfg, run_dir, None
+
+
+def new_run_dir(model: str, root: Path = RUNS) -> Path:
+    """runs/<date>-<time>-<model>, numbered when two runs start in the same second, as timm and
+    Lightning give each run a folder of its own. Several processes (torchrun) would each pick their own
+    second, so they must be given one folder."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("with several processes, give the run's folder: --out FOLDER (every process writes "
+                          "the same one)")
+    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+    path, n = base, 2
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+def link_latest(run_dir: Path, root: Path = RUNS) -> Path | None:
+    """Point runs/latest at `run_dir` (atomically); returns what it pointed at before."""
+    link = root / "latest"
+    if link.exists() and not link.is_symlink():
+        return None  # a real folder of that name (a run from before per-run folders): left alone
+    before = Path(os.readlink(link)) if link.is_symlink() else None
+    tmp = root / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(run_dir.resolve(), root.resolve()), tmp)
+    os.replace(tmp, link)
+    return before
+
+
+def remove_unstarted(run_dir: Path, latest_before: Path | None) -> None:
+    """A new run that failed before its first checkpoint (bad data, a bad option found late) leaves
+    no folder behind, and runs/latest points where it pointed before."""
+    if (run_dir / "last.pt").exists() or not run_dir.is_dir():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    link = run_dir.parent / "latest"
+    if link.is_symlink() and Path(os.readlink(link)).name == run_dir.name:
+        link.unlink()
+        if latest_before is not None:
+            os.symlink(latest_before, link)
 
 
 def check_writable_dir(run_dir: Path) -> None:

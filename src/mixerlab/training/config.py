@@ -70,7 +70,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # for smoke tests
     strict: bool = False  # fail on corrupt images instead of skipping them
     quiet: bool = False
-    out: str = "runs/latest"
+    out: str | None = None  # None: a new folder runs/<date>-<time>-<model>, with runs/latest pointing at it
 
     def __post_init__(self) -> None:
         validate(self, "training option", RULES)

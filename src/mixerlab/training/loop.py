@@ -34,7 +34,7 @@ from ..report import plot_confusion, plot_curves, plot_hardest, write_report
 from ..viz.figures import token_mixing_figure
 from . import auto
 from . import distributed as dist_utils
-from .checkpoint import open_run, resume_command, save_checkpoint
+from .checkpoint import link_latest, open_run, remove_unstarted, resume_command, save_checkpoint
 from .config import TrainConfig
 from .feed import make_feed, note_bad_images
 from .setup import build_model, build_optimizer, lr_lambda
@@ -315,14 +315,23 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
     """Run a new training (`cfg`) or resume the run in folder `resume` with its saved config, changing
     only `resume_overrides` (e.g. {"epochs": 20} to train longer). Returns the summary.
     `stop_after_steps` stops, as a SIGTERM would, after that many steps of this call (tests use it)."""
+    named = cfg is not None and resume is None and cfg.out is None
+    existed = cfg is not None and cfg.out is not None and Path(cfg.out).exists()
     cfg, run_dir, ckpt = open_run(cfg, resume, resume_overrides)
     ctx = dist_utils.setup(cfg.device)
-    finished = False
+    finished, before = False, None
     try:
+        if named and ctx.rank == 0:
+            before = link_latest(run_dir)
+            log.info("run folder: %s (runs/latest points at it)", run_dir)
         with quiet_logs(ctx.rank != 0 or cfg.quiet):
             summary = _train(cfg, run_dir, ckpt, ctx, stop_after_steps)
         finished = True
         return summary
+    except BaseException:
+        if ckpt is None and not existed and ctx.rank == 0:
+            remove_unstarted(run_dir, before if named else None)
+        raise
     finally:
         # After _train returns, nothing of the run (the DDP wrapper, the optimiser) holds the process
         # group any more, so it can be torn down while the interpreter is whole.
@@ -382,7 +391,9 @@ def finish_run(run: Run) -> dict[str, Any]:
     plot_hardest(final["hardest_images"], final["hardest"], run.data.classes, run.run_dir / "hardest.png")
     if run.model.config.arch == "mixer":
         token_mixing_figure(run.eval_model, 0, run.run_dir)
-    write_report(run.run_dir, summary, p.metrics, best, run.data.classes)
+    shown = {**best, "hardest": final["hardest"],
+             "hardest_caption": "the validation images the final model misclassified with the highest confidence"}
+    write_report(run.run_dir, summary, p.metrics, shown, run.data.classes)
     log.info("done: best top-1 %.2f%% at epoch %d; report in %s", 100 * best["top1"], p.best_epoch,
              run.run_dir / "report.md")
     return summary

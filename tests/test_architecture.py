@@ -15,7 +15,8 @@ LAYERS = [
     ("layers", ["mixerlab.models.layers"]),
     ("models", ["mixerlab.models"]),
     ("weights, data, runtime", ["mixerlab.weights", "mixerlab.data", "mixerlab.perf.runtime",
-                                "mixerlab.perf.allocator", "mixerlab.perf.timing", "mixerlab.perf.gemm"]),
+                                "mixerlab.perf.allocator", "mixerlab.perf.timing", "mixerlab.perf.gemm",
+                                "mixerlab.perf.threads"]),
     # perf.inference may try an exported model among its candidates, so it sits beside export
     ("tasks", ["mixerlab.training", "mixerlab.evaluate", "mixerlab.predict", "mixerlab.report", "mixerlab.perf.bench",
                "mixerlab.perf.inference",

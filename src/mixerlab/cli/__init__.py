@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import MixerlabError
 from .bench import add_bench, run_bench
+from .common import positive_int
 from .data import add_data, run_data
 from .export import add_export, run_export
 from .inference import add_eval, add_predict, run_eval, run_predict
@@ -37,6 +38,9 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
 ]
 
 
+COMPUTING = ("train", "eval", "predict", "export", "serve", "viz", "bench", "convert")  # set threads for these
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, add, run in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add(p)
+        p.add_argument("--threads", type=positive_int, default=None,
+                       help="intra-op threads (default: OMP_NUM_THREADS if set, else the cores this process may "
+                            "use, from its CPU affinity and cgroup quota)")
         p.set_defaults(_run=run)
     return parser
 
@@ -69,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # the ONNX exporter's passes log a line per rewritten node at INFO
         for name in ("onnxscript", "onnx_ir"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if args.command in COMPUTING:
+        from ..perf.threads import busy_warning, configure
+
+        threads = configure(args.threads)
+        if (warning := busy_warning(threads)) is not None:
+            logging.getLogger("mixerlab").warning(warning)
     try:
         return int(args._run(args) or 0)
     except (MixerlabError, ValueError, FileNotFoundError) as e:

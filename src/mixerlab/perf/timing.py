@@ -17,15 +17,27 @@ from .allocator import allocator_tuned
 
 
 def machine_info() -> dict[str, Any]:
+    """The CPU (its name, family and model, which tell Zen 3/4/5 apart where the name says only 'AMD
+    EPYC'; whether it has AVX-512, AVX512-BF16 and AMX), cores, threads and the load it ran under."""
     cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family", "model", "flags") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+            if not line.strip() and fields:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    cpu = fields.get("model name", cpu)
+    flags = set(fields.get("flags", "").split())
+    from .threads import load_average, usable_cores
+
+    info = {"cpu": cpu, "cpu_family": fields.get("cpu family"), "cpu_model": fields.get("model"),
+            "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags],
+            "cores": os.cpu_count(), "usable_cores": usable_cores(), "threads": torch.get_num_threads(),
+            "load_average": load_average(), "torch": torch.__version__,
             "python": platform.python_version(), "malloc_tuned": allocator_tuned()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

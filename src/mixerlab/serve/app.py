@@ -104,8 +104,11 @@ class Server:
         if self.decoder is not None:
             self.decoder.shutdown(wait=False, cancel_futures=True)
 
-    def admit(self, n: int) -> None:
-        """Room for n more images (being decoded or queued), or 503: the queue bound covers both."""
+    async def admit(self, n: int) -> None:
+        """Room for n more images (being decoded or queued), or 503: the queue bound covers both. Where
+        a host runs no startup (some test clients, a mounted sub-app), the first request starts it."""
+        if not self.ready:
+            await self.start()
         if not self.ready:
             raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})
         held = self.decoding + (self.batcher.depth if self.batcher else 0)
@@ -228,8 +231,7 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
         """topk above the number of classes gives them all, as `mixerlab predict` does."""
         t = time.perf_counter()
         (name, data), = (await images_of(request, await read_body(request, server), "file", 1))[:1]
-        await ensure_started(server)
-        server.admit(1)
+        await server.admit(1)
         out = await server.answer(data, name, topk)
         return {**out, "model": server.name, "time_ms": round(1000 * (time.perf_counter() - t), 2)}
 
@@ -238,8 +240,7 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
         """Each file answered on its own: a bad file gets its `error` and `status`, the rest are classified."""
         t = time.perf_counter()
         files = await images_of(request, await read_body(request, server), "files", limits.max_files)
-        await ensure_started(server)
-        server.admit(len(files))
+        await server.admit(len(files))
 
         async def one(name: str, data: bytes) -> dict[str, Any]:
             try:
@@ -288,8 +289,3 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
     app.add_middleware(Guard, limits=limits, observe=observe)
     return app
 
-
-async def ensure_started(server: Server) -> None:
-    """Where a host runs no startup (some test clients, a mounted sub-app), the first request starts it."""
-    if not server.ready:
-        await server.start()

@@ -4,7 +4,7 @@ report (report.md and report.html)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.nn as nn
 
@@ -14,14 +14,11 @@ from ..models.flops import count_params
 from ..report import plot_confusion, plot_curves, plot_hardest, write_report
 from ..viz.figures import token_mixing_figure
 
-if TYPE_CHECKING:
-    from .loop import Run
-
 log = logging.getLogger(__name__)
 
 
-def finish_run(run: Run) -> dict[str, Any]:
-    """summary.json, the plots and report.md of a finished run."""
+def finish_run(run: Any) -> dict[str, Any]:
+    """summary.json, the plots and report.md of a finished run (`run`: loop.Run)."""
     p, best = run.progress, run.progress.best_eval
     summary = {
         "val_top1": best["top1"], "val_top5": best["top5"], "best_epoch": p.best_epoch,

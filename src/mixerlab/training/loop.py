@@ -30,6 +30,7 @@ from ..evaluate import evaluate
 from ..io_utils import atomic_write_bytes, atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
+from ..perf.threads import StepWatch
 from . import auto
 from . import distributed as dist_utils
 from .checkpoint import link_latest, open_run, remove_unstarted, resume_command, save_checkpoint
@@ -84,6 +85,7 @@ class Run:
         given = cfg  # options left to `auto` are filled in once the data is known
         self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, ctx.device
         self.is_main = ctx.rank == 0
+        self.watch = StepWatch()  # step times, for the warning when other jobs take the cores
         self.precision = pick_precision(cfg.precision, ctx.device)
         torch.manual_seed(cfg.seed)
         size = (cfg.img_size, cfg.img_size) if cfg.img_size and not cfg.pretrained else None
@@ -240,8 +242,12 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         data_time += time.perf_counter() - t0
         if errors:
             note_bad_images(run, errors)
+        t_step = time.perf_counter()
         loss, grad_norm = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes, run.device,
                                      run.precision, run.scaler)
+        slow = run.watch.observe(time.perf_counter() - t_step, torch.get_num_threads())
+        if slow and run.is_main and run.device.type == "cpu":
+            log.warning(slow)
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update_parameters(run.model)

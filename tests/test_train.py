@@ -341,3 +341,32 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path):
     assert "resume with: mixerlab train --resume" in out
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["epoch"] >= 1 and not (run / "summary.json").exists()
+
+
+def test_resuming_a_finished_run_writes_nothing(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=1))
+    run = tmp_path / "run"
+    before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in run.iterdir() if f.is_file()}
+    summary = train(resume=str(run))
+    assert summary["already_finished"] is True and summary["epochs"] == 1
+    after = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in run.iterdir() if f.is_file()}
+    assert after == before
+
+
+def test_a_run_without_out_gets_its_own_folder_and_a_failed_start_leaves_none(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    root = make_image_folder(tmp_path / "shapes")
+    cfg = tiny_cfg(tmp_path, root, epochs=1, out=None)
+    first = train(cfg)
+    second = train(cfg)
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if not p.is_symlink())
+    assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs) and first and second
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and (tmp_path / "runs" / os.readlink(latest)).resolve() == runs[-1].resolve()
+    with pytest.raises(mixerlab.DataError):
+        train(tiny_cfg(tmp_path, tmp_path / "no-such-folder", epochs=1, out=None))
+    assert sorted(p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()) == runs  # nothing left
+    assert (tmp_path / "runs" / os.readlink(latest)).resolve() == runs[-1].resolve()

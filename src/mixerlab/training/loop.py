@@ -323,6 +323,12 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
     named = cfg is not None and resume is None and cfg.out is None
     existed = cfg is not None and cfg.out is not None and Path(cfg.out).exists()
     cfg, run_dir, ckpt = open_run(cfg, resume, resume_overrides)
+    if ckpt is not None and ckpt.get("epoch", 0) >= cfg.epochs and (run_dir / "summary.json").is_file():
+        # A finished run: resuming it changes nothing, and must not rewrite its record (config.json,
+        # summary.json and the report would take this launch's world size and batch).
+        log.info("%s finished all its %d epochs already; nothing to do (pass --epochs N to train it further)",
+                 run_dir, cfg.epochs)
+        return {**json.loads((run_dir / "summary.json").read_text()), "already_finished": True}
     ctx = dist_utils.setup(cfg.device)
     finished, before = False, None
     try:

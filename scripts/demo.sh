@@ -31,8 +31,8 @@ elif [ ! -f "$OUT/summary.json" ]; then
   "${TRAIN[@]}" --recipe demo "${BATCH[@]}" --out "$OUT"
 fi
 unset OMP_NUM_THREADS
-$PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT"
-$PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT" --tta
+$PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT" --overwrite
+$PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT" --tta --overwrite
 $PY - "$OUT" <<'PY'
 # A few test images as PNG files, then the prediction command a user would run on their own files.
 import sys

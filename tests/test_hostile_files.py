@@ -162,3 +162,29 @@ def test_eval_with_a_missing_class_shows_both_lists(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has 3 classes but" in err and "the model's ['a', 'b', 'c'], the data's ['a', 'b']" in err
     assert "not in the data: ['c']" in err
+
+
+def test_outputs_are_never_overwritten_unasked(saved, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert cli(["convert", str(saved), str(out), "--to", "timm"]) == 0
+    first = out.read_bytes()
+    assert cli(["convert", str(saved), str(out), "--to", "timm"]) == 2
+    assert f"{out} exists already; pass --overwrite to replace it" in capsys.readouterr().err
+    assert cli(["convert", str(saved), str(out), "--to", "timm", "--overwrite"]) == 0
+    assert out.read_bytes() == first
+
+
+def test_a_lossy_conversion_says_what_it_drops(tmp_path, capsys):
+    m = mixerlab.create_model("mixer_pico", num_classes=3, img_size=16, act="gelu", mean=(0.2,), std=(0.3,))
+    torch.nn.init.normal_(m.head.weight, std=0.5)
+    m.class_names = ["shirt", "shoe", "bag"]
+    m.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "o.npz"), "--to", "official"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped: the class names (3" in out
+    assert "act 'gelu' -> 'gelu_tanh'" in out and "mean (0.2,) -> (0.5,)" in out
+    assert "(the activation changed)" in out
+    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "copy"), "--to", "mixerlab"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing lost" in out and "at most 0.00e+00" in out

@@ -40,3 +40,22 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
     return value
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (without it, an "
+                                                            "existing output is never overwritten)")
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """One message when an output exists and --overwrite was not given: results are never replaced
+    unasked (the same rule in convert, export and eval)."""
+    from pathlib import Path
+
+    from ..errors import MixerlabError
+
+    if overwrite:
+        return
+    for p in map(Path, paths):
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            raise MixerlabError(f"{p} exists already; pass --overwrite to replace it")

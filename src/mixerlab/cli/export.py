@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_preprocess, positive_int, preprocess_overrides
+from .common import add_overwrite, add_preprocess, positive_int, preprocess_overrides, refuse_existing
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -18,6 +18,7 @@ def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--calibration-images", type=positive_int, default=256)
     add_preprocess(p)
+    add_overwrite(p)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -33,6 +34,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ExportError(f"{out}: write an ONNX export to a .onnx file and a compiled one to a .pt2 file")
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the file to write")
+    refuse_existing([out], args.overwrite)
     if args.int8 and fmt != "onnx":
         raise ExportError("--int8 is for ONNX exports (ONNX Runtime's int8 kernels); use OUT.onnx")
     if args.int8 == "static" and not args.data:

@@ -7,7 +7,7 @@ import json
 import re
 import sys
 
-from .common import add_preprocess, add_trust_compiled, load_for_inference, positive_int
+from .common import add_overwrite, add_preprocess, add_trust_compiled, load_for_inference, positive_int, refuse_existing
 
 
 # ------------------------------------------------------------------------------------ eval/predict
@@ -27,6 +27,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for eval.json and confusion.png (default: beside SRC or ./eval)")
     add_preprocess(p)
     add_trust_compiled(p)
+    add_overwrite(p)
     p.add_argument("--map-by-index", action="store_true",
                    help="score class i of the data as class i of the model even when their names differ")
     p.add_argument("--tta", action="store_true",
@@ -42,6 +43,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io_utils import atomic_write_json, writable_folder
     from ..perf.runtime import pick_device
 
+    out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
+    stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
+    refuse_existing([out / f"{stem}.json"], args.overwrite)
     model = load_for_inference(args.src, args)
     size = tuple(model.config.img_size)
     data = load_dataset(args.data, args.data_dir, img_size=size, stream=args.stream, workers=args.workers,
@@ -52,10 +56,8 @@ def run_eval(args: argparse.Namespace) -> int:
     split = getattr(data, args.split)
     res = evaluate(model, split, data.num_classes, device, args.batch_size, args.precision, progress=True,
                    tta=args.tta, hardest=16)
-    out = Path(args.out) if args.out else (Path(args.src) if Path(args.src).is_dir() else Path("eval"))
     writable_folder(out)
     names = getattr(model, "class_names", None) or data.classes
-    stem = "eval_tta" if args.tta else "eval"  # a TTA result never overwrites the plain one
     report = write_eval_report(model, res, res.pop("hardest_images"), names, out, stem,
                                f"{args.src} on {args.data} ({args.split})")
     res["per_class"] = dict(zip(names, res["per_class"]))

@@ -61,6 +61,9 @@ def add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("dst", help="output: a folder (mixerlab), a .pth/.safetensors file (timm) or a .npz")
     p.add_argument("--to", choices=["mixerlab", "timm", "official"], required=True)
     p.add_argument("--img-size", type=int, nargs="+", help="also resize the token mixing to this size")
+    from .common import add_overwrite
+
+    add_overwrite(p)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -68,7 +71,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..weights.load import from_pretrained
     from ..weights.official import save_official
     from ..weights.timm import save_timm
+    from .common import refuse_existing
 
+    refuse_existing([args.dst], args.overwrite)
     size = tuple(args.img_size) if args.img_size else None
     model = from_pretrained(args.src, img_size=size[0] if size and len(size) == 1 else size)
     if args.to == "mixerlab":
@@ -80,4 +85,31 @@ def run_convert(args: argparse.Namespace) -> int:
             raise MixerlabError("only MLP-Mixer models have an official npz layout")
         save_official(model, args.dst)
     print(f"wrote {args.dst} ({args.to})")
+    for line in what_changed(model, from_pretrained(args.dst)):
+        print(line)
     return 0
+
+
+def what_changed(before, after) -> list[str]:
+    """What a conversion lost or changed, found by reading the written file back: class names, the
+    preprocessing, other config fields, and the logits on a fixed check batch."""
+    import torch
+
+    lines = []
+    names_b, names_a = getattr(before, "class_names", None), getattr(after, "class_names", None)
+    if names_b and names_b != names_a:
+        lines.append(f"dropped: the class names ({len(names_b)}; the file gives only indices 0..{len(names_b) - 1})")
+    a, b = before.config.to_dict(), after.config.to_dict()
+    changed = [f"{k} {a[k]!r} -> {b.get(k)!r}" for k in sorted(a) if a[k] != b.get(k)]
+    if changed:
+        lines.append("changed: " + "; ".join(changed) + " (the format does not record them; the reader's "
+                                                         "defaults stand in)")
+    cfg = before.config
+    x = torch.randn(2, cfg.in_chans, *cfg.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((before.eval()(x) - after.eval()(x)).abs().max())
+    lines.append(f"check: the file's logits differ from the source's by at most {diff:.2e} on a check batch"
+                 + (" (the activation changed)" if a.get("act") != b.get("act") else ""))
+    if not changed and not lines[:-1]:
+        lines.insert(0, "nothing lost: the file reads back as the same model")
+    return lines

@@ -44,7 +44,13 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"{r['name']:<16} {r['params']:>14,} {r['gmacs']:>8.2f} {size:>9} "
                   f"{r['patch_size']:>5} {r['num_patches']:>6}")
         return 0
-    model = create_random_model(args.name) if args.name in list_models() else from_pretrained(args.name)
+    if args.name in list_models():
+        import torch
+
+        with torch.device("meta"):  # a registered name's description needs shapes, not weights
+            model = create_random_model(args.name)
+    else:
+        model = from_pretrained(args.name)
     info = describe(args.name, model)
     if args.json:
         print(json.dumps(info, indent=2))

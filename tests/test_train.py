@@ -370,3 +370,14 @@ def test_a_run_without_out_gets_its_own_folder_and_a_failed_start_leaves_none(tm
         train(tiny_cfg(tmp_path, tmp_path / "no-such-folder", epochs=1, out=None))
     assert sorted(p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()) == runs  # nothing left
     assert (tmp_path / "runs" / os.readlink(latest)).resolve() == runs[-1].resolve()
+
+
+def test_a_partial_run_is_said_to_be_partial(tmp_path, caplog):
+    import logging
+
+    root = make_image_folder(tmp_path / "shapes")
+    summary = train(tiny_cfg(tmp_path, root, epochs=3), stop_after_steps=2)
+    assert summary["stopped"]
+    with caplog.at_level(logging.WARNING):
+        mixerlab.from_pretrained(tmp_path / "run")
+    assert "is a run that has not finished (no best.pt)" in caplog.text and "--resume" in caplog.text

@@ -131,6 +131,10 @@ def load_state_and_config(
         preprocess = timm.preprocess_from_timm_config(timm_config)
         path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
     if fmt == "run-dir":
+        if not (path / "best.pt").is_file() or not (path / "summary.json").is_file():
+            log.warning("%s is a run that has not finished (no %s): this is its model as it stood at its last "
+                        "checkpoint; `mixerlab train --resume %s` completes it", path,
+                        "best.pt" if not (path / "best.pt").is_file() else "summary.json", path)
         path = next(path / n for n in TRAIN_CKPT_NAMES if (path / n).is_file())
         fmt = "torch"
     if fmt == "npz":

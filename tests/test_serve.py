@@ -230,7 +230,18 @@ def test_the_page_classifies_an_image_in_a_real_browser(server, tmp_path, browse
     assert rows.count() == 3  # the top-5 of a 3-class model
     assert rows.first.get_attribute("data-cls") == want
     assert rows.first.locator(".bar").evaluate("e => parseFloat(e.style.width)") > 0
+    preview, desc, drop = (page.locator(s).bounding_box() for s in ("#preview", "#model", "#drop"))
+    assert preview["width"] >= 150  # a 16 px image is shown large enough to see
+    assert desc["y"] + desc["height"] <= drop["y"]  # the description does not overlap the drop box
+    assert "circle" in page.locator("#classlist").text_content()
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.set_input_files("#file", str(tmp_path / "notes.txt"))
+    page.wait_for_selector("#result .error")
+    err = page.locator("#result .error").inner_text()
+    assert err.startswith("This file is not an image the server can read: not an image") and "(HTTP 415)" in err
     page.screenshot(path=str(tmp_path / "page.png"))
+    assert httpx.get(f"{server.url}/docs").status_code == 404  # its assets would come from a CDN
+    assert httpx.get(f"{server.url}/openapi.json").json()["info"]["title"] == "mixerlab"
 
 
 def test_the_same_app_deploys_on_a_local_ray_serve(model_dir, monkeypatch, tmp_path):

@@ -70,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:  # the ONNX exporter's passes log a line per rewritten node at INFO
-        for name in ("onnxscript", "onnx_ir"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # mixerlab's own INFO lines, and only warnings from libraries: ONNX Runtime's quantiser logs a line
+    # per node on the root logger, the ONNX exporter one per rewritten node (all of them with --verbose).
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mixerlab").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # also where the root logger was configured before (a host program, a test)
+        for name in ("onnxscript", "onnx_ir", "torch._inductor.package"):
+            logging.getLogger(name).setLevel(logging.WARNING if name != "torch._inductor.package" else logging.ERROR)
     if args.command in COMPUTING:
         from ..perf.threads import busy_warning, configure
 

@@ -223,7 +223,8 @@ def create_app(src: str | Path | nn.Module, backend: str = "torch", limits: Limi
         yield
         await server.stop()
 
-    app = FastAPI(title="mixerlab", lifespan=lifespan)
+    # No /docs: its Swagger page loads scripts from a CDN, so it is blank offline; /openapi.json stays.
+    app = FastAPI(title="mixerlab", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
 
     @app.post("/v1/predict")

@@ -5,9 +5,14 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
  body { font: 15px system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; color: #222; }
- #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }
+ #model { margin: 0 0 1rem; }
+ #classes { margin: 0 0 1rem; color: #555; }
+ #drop { display: block; border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center;
+         cursor: pointer; }
  #drop.over { background: #eef; }
- #preview { max-width: 12rem; max-height: 12rem; display: block; margin: 1rem auto; image-rendering: pixelated; }
+ #preview { width: 12rem; height: 12rem; object-fit: contain; display: none; margin: 1rem auto;
+            image-rendering: pixelated; }
+ #preview.shown { display: block; }
  .row { display: grid; grid-template-columns: 10rem 1fr 4rem; gap: .5rem; align-items: center; margin: .3rem 0; }
  .bar { background: #4a7; height: 1rem; border-radius: 3px; }
  .error { color: #b00; }
@@ -15,6 +20,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>mixerlab</h1>
 <p id="model">loading the model description...</p>
+<details id="classes"><summary>classes</summary><span id="classlist"></span></details>
 <label id="drop">Drop an image here, or click to pick one
  <input id="file" type="file" accept="image/*" hidden></label>
 <img id="preview" alt="">
@@ -24,9 +30,15 @@ const $ = (id) => document.getElementById(id);
 fetch("/v1/model").then(r => r.json()).then(m => {
   $("model").textContent = `${m.name}: ${m.config.arch}, ${m.classes.length} classes, input ` +
     m.preprocess.input_size.join("x");
+  $("classes").querySelector("summary").textContent = `${m.classes.length} classes`;
+  $("classlist").textContent = m.classes.join(", ");
 });
+const PROBLEM = { 413: "This image is too large", 415: "This file is not an image the server can read",
+                  422: "The request was not understood", 500: "The model failed on this image",
+                  503: "The server is busy; try again in a moment", 504: "The answer took too long" };
 async function classify(file) {
   $("preview").src = URL.createObjectURL(file);
+  $("preview").classList.add("shown");
   $("result").textContent = "classifying...";
   const r = await fetch("/v1/predict?topk=5", { method: "POST", body: file,
                                                 headers: { "Content-Type": "application/octet-stream" } });
@@ -35,7 +47,9 @@ async function classify(file) {
     $("result").innerHTML = "";
     const p = document.createElement("p");
     p.className = "error";
-    p.textContent = `${r.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`;
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    p.textContent = `${PROBLEM[r.status] || "The server refused the request"}: ${detail.replace(/^body: /, "")}` +
+      ` (HTTP ${r.status})`;
     $("result").appendChild(p);
     return;
   }

@@ -103,7 +103,7 @@ def test_batched_muon_equals_torch_muon_and_shares_its_state(nesterov):
     ref = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     fast = [torch.nn.Parameter(p.detach().clone()) for p in ref]
     kw = dict(lr=1e-2, weight_decay=0.05, momentum=0.95, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
-    o_ref, o_fast = torch.optim.Muon(ref, **kw), BatchedMuon(fast, **kw)
+    o_ref, o_fast = torch.optim.Muon(ref, **kw), BatchedMuon(fast, **kw, ns_dtype=torch.bfloat16)
     for _ in range(4):
         for a, b in zip(ref, fast):
             a.grad = torch.randn_like(a)
@@ -116,6 +116,23 @@ def test_batched_muon_equals_torch_muon_and_shares_its_state(nesterov):
         assert not torch.equal(a, a.detach() * 0)  # the parameters moved
     o_ref.load_state_dict(o_fast.state_dict())  # the same schema, both ways
     BatchedMuon(fast, **kw).load_state_dict(o_ref.state_dict())
+
+
+def test_muon_iterates_in_fp32_where_bf16_is_emulated(monkeypatch):
+    """On a CPU without native bf16 the Newton-Schulz iterations run in fp32 (bf16 products are
+    emulated there and took most of the step); the result stays within bf16's rounding of torch's."""
+    from mixerlab.training import muon
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert muon.iteration_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert muon.iteration_dtype(torch.device("cpu")) == torch.bfloat16
+    g = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(0))
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7)
+    exact = muon.newton_schulz(g, *args, dtype=torch.float32)
+    rounded = muon.newton_schulz(g, *args, dtype=torch.bfloat16).float()
+    assert exact.dtype == torch.float32
+    torch.testing.assert_close(exact, rounded, rtol=0, atol=0.05)
 
 
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 3e-2)])

@@ -17,10 +17,24 @@ from collections import defaultdict
 import torch
 
 
-def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
-    """Orthogonalise each matrix of a (n, rows, cols) stack, as torch's `_zeropower_via_newtonschulz`."""
+def iteration_dtype(device: torch.device) -> torch.dtype:
+    """torch's bf16 where the hardware computes it (CUDA, CPUs with AVX512-BF16 or AMX); fp32 on other
+    CPUs, where bf16 products are emulated and the iterations took most of the demo's step (196 ms a
+    call against a few on a Zen 3 core, docs/results.md). fp32 is the more exact of the two."""
+    if device.type != "cpu":
+        return torch.bfloat16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Orthogonalise each matrix of a (n, rows, cols) stack, as torch's `_zeropower_via_newtonschulz`
+    (in `dtype`, by default `iteration_dtype` of its device)."""
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype or iteration_dtype(g.device))
     tall = g.size(-2) > g.size(-1)
     if tall:
         x = x.mT
@@ -45,7 +59,12 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
 
 
 class BatchedMuon(torch.optim.Muon):
-    """torch.optim.Muon, orthogonalising all matrices of one shape in one batched product."""
+    """torch.optim.Muon, orthogonalising all matrices of one shape in one batched product.
+    `ns_dtype` forces the iterations' dtype (torch's own is bf16 everywhere; see `iteration_dtype`)."""
+
+    def __init__(self, params, *args, ns_dtype: torch.dtype | None = None, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -77,6 +96,6 @@ class BatchedMuon(torch.optim.Muon):
         torch._foreach_mul_(params, 1 - lr * wd)
         for shape, idx in by_shape.items():
             ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
-                                  group["ns_steps"], group["eps"])
+                                  group["ns_steps"], group["eps"], self.ns_dtype)
             step = -adjusted_lr(lr, group["adjust_lr_fn"], shape)
             torch._foreach_add_([params[i] for i in idx], list(ortho.unbind(0)), alpha=step)

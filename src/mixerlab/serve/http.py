@@ -62,14 +62,18 @@ def protocol_class(limits: Limits, on_refused=None) -> type[H11Protocol]:
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
                 self._refused = True
-                count("too many connections")
-                throttle.warn("connections", f"refused a connection: {limits.max_connections} are open "
-                                             f"(--max-connections)")
-                transport.write(raw_json_response(
-                    503, f"the server holds {limits.max_connections} connections already; retry shortly", 1))
-                transport.close()
+                self._refuse("too many connections", f"refused a connection: {limits.max_connections} are open "
+                             f"(--max-connections)", 503,
+                             f"the server holds {limits.max_connections} connections already; retry shortly", 1)
                 return
             self._arm()
+
+        def _refuse(self, reason: str, log_line: str, status: int, detail: str, retry_after=None) -> None:
+            """Count, log (throttled), answer in JSON and close: every refusal at this layer."""
+            count(reason)
+            throttle.warn(reason, log_line)
+            self.transport.write(raw_json_response(status, detail, retry_after))
+            self.transport.close()
 
         def _waiting_for_headers(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
@@ -86,12 +90,8 @@ def protocol_class(limits: Limits, on_refused=None) -> type[H11Protocol]:
         def _headers_late(self) -> None:
             self._header_timer = None
             if self._waiting_for_headers() and not self.transport.is_closing():
-                count("headers too slow")
-                throttle.warn("headers", f"closed a connection whose request headers did not arrive within "
-                                         f"{limits.header_timeout_s:g} s")
-                self.transport.write(raw_json_response(
-                    408, f"the request headers did not arrive within {limits.header_timeout_s:g} s"))
-                self.transport.close()
+                late = f"the request headers did not arrive within {limits.header_timeout_s:g} s"
+                self._refuse("headers too slow", f"closed a connection: {late}", 408, late)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -107,12 +107,8 @@ def protocol_class(limits: Limits, on_refused=None) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            count("bad http")
-            throttle.warn("bad http", f"refused a malformed request, or one whose headers are over "
-                                      f"{limits.max_header_kb} KiB")
-            self.transport.write(raw_json_response(
-                400, f"malformed HTTP request, or its request line and headers are over {limits.max_header_kb} KiB"))
-            self.transport.close()
+            bad = f"malformed HTTP request, or its request line and headers are over {limits.max_header_kb} KiB"
+            self._refuse("bad http", f"refused a {bad}", 400, bad)
 
     return GuardedH11Protocol
 

@@ -147,13 +147,18 @@ def test_the_run_report_and_the_eval_report(tmp_path, browser):
 
 
 def test_a_run_that_errs_shows_its_mistakes_in_the_report(tmp_path):
-    """A barely trained model (lr near 0) misclassifies most images: the report must say so."""
+    """A model known to err: its validation images of two classes are swapped, so it misclassifies
+    them with confidence. The report must say so and show them."""
     from mixerlab.training.loop import train
 
     from .test_train import make_image_folder, tiny_cfg
 
     root = make_image_folder(tmp_path / "shapes")
-    train(tiny_cfg(tmp_path, root, epochs=1, lr=1e-9))
+    val = root / "val"
+    (val / "circle").rename(val / "tmp")
+    (val / "square").rename(val / "circle")
+    (val / "tmp").rename(val / "square")
+    train(tiny_cfg(tmp_path, root, epochs=2))
     run = tmp_path / "run"
     md = (run / "report.md").read_text()
     ev = json.loads((run / "summary.json").read_text())

@@ -9,12 +9,10 @@ an interrupted run stopped. Only rank 0 writes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from . import auto
 from . import distributed as dist_utils
 from .checkpoint import link_latest, open_run, remove_unstarted, resume_command, save_checkpoint
 from .config import TrainConfig
+from .control import StopFlag, quiet_logs
 from .feed import make_feed, note_bad_images
 from .finish import finish_run
 from .setup import build_model, build_optimizer, lr_lambda
@@ -191,38 +190,6 @@ class Run:
 
 
 # --------------------------------------------------------------------------------------- the loop
-class StopFlag:
-    """SIGINT/SIGTERM set a flag, as does a step budget (tests stop runs that way); the loop checks it
-    after each step and checkpoints before leaving."""
-
-    def __init__(self, after_steps: int | None = None) -> None:
-        self.set = False
-        self.after_steps, self.steps = after_steps, 0
-        self._old: dict[int, Any] = {}
-
-    def step_done(self) -> bool:
-        self.steps += 1
-        return self.set or (self.after_steps is not None and self.steps >= self.after_steps)
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the handlers alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.set:  # a second signal: leave now
-            raise KeyboardInterrupt
-        self.set = True
-        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     """The steps of one epoch from where the run stands; None when it stopped early (last.pt written)."""
     cfg, ctx, p = run.cfg, run.ctx, run.progress
@@ -347,19 +314,6 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
         # After _train returns, nothing of the run (the DDP wrapper, the optimiser) holds the process
         # group any more, so it can be torn down while the interpreter is whole.
         dist_utils.cleanup(ctx, synchronise=finished)
-
-
-@contextlib.contextmanager
-def quiet_logs(quiet: bool):
-    """Only warnings from mixerlab while `quiet`; the level is restored afterwards."""
-    logger = logging.getLogger("mixerlab")
-    old = logger.level
-    if quiet:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: dist_utils.DistContext,

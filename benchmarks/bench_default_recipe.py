@@ -50,8 +50,8 @@ def make_fmnist5k() -> Path:
     out = ROOT / "fmnist5k"
     if out.is_dir():
         return out
-    ds = load_dataset("fashion-mnist")
-    for split, n, name in ((ds.train, 500, "train"), (ds.val, 100, "val")):
+    ds = load_dataset("fashion-mnist", val_split=0)  # all 60,000 training images, as before the hold-out
+    for split, n, name in ((ds.train, 500, "train"), (ds.test, 100, "val")):
         y = split.labels.numpy()
         idx = np.concatenate([np.flatnonzero(y == c)[:n] for c in range(10)])
         write_folder(out / name, split.images[idx, 0].numpy(), y[idx], [c.replace("/", "-") for c in FASHION_CLASSES])

@@ -41,7 +41,7 @@ from PIL import Image
 from mixerlab.data.sources import load_dataset
 out = Path(sys.argv[1]) / "samples"
 out.mkdir(exist_ok=True)
-val = load_dataset("fashion-mnist").val
+val = load_dataset("fashion-mnist").test
 for i in range(4):
     Image.fromarray(val.images[i, 0].numpy()).save(out / f"test_{i}.png")
 PY

@@ -19,6 +19,7 @@ from mixerlab.cli import main as cli
 from mixerlab.data import datasets as data_mod
 from mixerlab.data.sources import load_dataset
 from mixerlab.errors import TrainingError
+from mixerlab.evaluate import evaluate
 from mixerlab.training.config import TrainConfig
 from mixerlab.training.loop import train
 from mixerlab.training.recipes import resolve
@@ -69,13 +70,20 @@ def test_image_folder_run_writes_everything(tmp_path):
     root = make_image_folder(tmp_path / "shapes")
     summary = train(tiny_cfg(tmp_path, root, epochs=3))
     run = tmp_path / "run"
-    for f in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "summary.json", "report.md", "loss.png",
-              "accuracy.png", "lr.png", "confusion.png"):
+    for f in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "steps.jsonl", "summary.json", "report.md",
+              "loss.png", "accuracy.png", "lr.png", "confusion.png", "samples.png", "final_eval.json"):
         assert (run / f).is_file(), f
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert set(rows[0]) == {"epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
-                            "data_time_share", "elapsed_s", "grad_norm", "grad_norm_max", "bad_images"}
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+                            "images_per_s", "data_time_share", "elapsed_s", "grad_norm", "grad_norm_max", "bad_images"}
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == list(range(1, rows[-1]["step"] + 1))  # every step, warmup included
+    assert steps[0]["lr"] < steps[1]["lr"] and all(0 <= r["train_top1"] <= 1 for r in steps)
+    # the epoch's loss is the mean of its steps' losses
+    per_epoch = rows[0]["step"]
+    assert rows[0]["train_loss"] == pytest.approx(sum(r["loss"] for r in steps[:per_epoch]) / per_epoch)
+    assert rows[0]["train_top1"] == pytest.approx(sum(r["train_top1"] for r in steps[:per_epoch]) / per_epoch)
     assert all(r["bad_images"] == 0 for r in rows)
     assert all(r["grad_norm_max"] >= r["grad_norm"] > 0 for r in rows)
     s = json.loads((run / "summary.json").read_text())
@@ -192,8 +200,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
     def flaky(*a, **kw):
         calls["n"] += 1
-        loss, g = real(*a, **kw)
-        return (float("nan") if calls["n"] == 6 else loss), g
+        r = real(*a, **kw)
+        return r._replace(loss=float("nan")) if calls["n"] == 6 else r
 
     monkeypatch.setattr(tr, "train_step", flaky)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 2.*last good checkpoint"):
@@ -222,8 +230,9 @@ def test_gradient_accumulation_equals_the_big_batch():
 # ---------------------------------------------------------------------------------------------- data
 def test_idx_dataset_from_data_dir(tmp_path):
     make_idx_dir(tmp_path / "mnist")
-    ds = load_dataset("mnist", str(tmp_path))
-    assert ds.train.images.shape == (64, 1, 28, 28) and ds.val.labels.shape == (32,) and ds.num_classes == 10
+    ds = load_dataset("mnist", str(tmp_path), val_split=0)
+    assert ds.train.images.shape == (64, 1, 28, 28) and ds.val is None and ds.test.labels.shape == (32,)
+    assert ds.num_classes == 10
 
 
 def test_download_against_a_local_server(tmp_path, monkeypatch):
@@ -240,7 +249,7 @@ def test_download_against_a_local_server(tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         monkeypatch.setenv("MIXERLAB_MIRROR", url)
-        ds = load_dataset("fashion-mnist", str(tmp_path / "dl"))
+        ds = load_dataset("fashion-mnist", str(tmp_path / "dl"), val_split=0)
         assert ds.train.images.shape == (64, 1, 28, 28) and ds.classes[0] == "T-shirt/top"
         assert (tmp_path / "dl" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
         # a file that does not match its checksum is refused, and nothing is written
@@ -260,8 +269,9 @@ def test_cifar_format_folder(tmp_path):
         batch = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 4).tolist()}
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    ds = load_dataset("cifar10", str(tmp_path))
-    assert ds.train.images.shape == (20, 3, 32, 32) and ds.val.images.shape == (4, 3, 32, 32)
+    ds = load_dataset("cifar10", str(tmp_path), val_split=0.1)
+    assert ds.train.images.shape == (18, 3, 32, 32) and ds.val.images.shape == (2, 3, 32, 32)
+    assert ds.test.images.shape == (4, 3, 32, 32)
     assert ds.classes == [f"c{i}" for i in range(10)]
     (base / "test_batch").write_bytes(pickle.dumps({"data": __import__("os").system}))
     with pytest.raises(mixerlab.DataError, match="test_batch: not a CIFAR python-format file: refusing"):
@@ -381,3 +391,47 @@ def test_a_partial_run_is_said_to_be_partial(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         mixerlab.from_pretrained(tmp_path / "run")
     assert "is a run that has not finished (no best.pt)" in caplog.text and "--resume" in caplog.text
+
+
+# ------------------------------------------------------------------------- selection on validation
+def test_a_built_in_set_holds_out_validation_from_its_training_images(tmp_path):
+    make_idx_dir(tmp_path / "mnist", n_train=200)
+    whole = load_dataset("mnist", str(tmp_path), val_split=0)
+    ds = load_dataset("mnist", str(tmp_path), val_split=0.25, seed=3)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (150, 50, 32)
+    assert torch.equal(ds.test.images, whole.test.images)  # the test images are untouched
+    # val and train are a partition of the original training images: nothing seen twice, nothing lost
+    def rows(split):
+        return {bytes(x.numpy().tobytes()) + bytes([int(y)]) for x, y in zip(split.images, split.labels)}
+    assert rows(ds.train) | rows(ds.val) == rows(whole.train) and not rows(ds.train) & rows(ds.val)
+    again = load_dataset("mnist", str(tmp_path), val_split=0.25, seed=3)
+    assert torch.equal(again.val.images, ds.val.images)  # the same draw for the same seed
+    with pytest.raises(mixerlab.ConfigError, match="val_split"):
+        resolve("auto", data="mnist", val_split=1.0)
+
+
+def test_best_pt_is_chosen_on_validation_and_test_is_only_scored(tmp_path):
+    make_idx_dir(tmp_path / "mnist", n_train=96)
+    summary = train(tiny_cfg(tmp_path, "mnist", data_dir=str(tmp_path), epochs=3, val_split=0.25))
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_top1" in r and "test_top1" not in r for r in rows)  # epochs never see the test images
+    best = max(range(3), key=lambda i: (rows[i]["val_top1"], -i))  # the first of the best epochs
+    assert summary["selected_on"] == "val" and summary["best_epoch"] == best + 1
+    assert summary["val_top1"] == rows[best]["val_top1"]
+    # the test figure is best.pt's, scored once at the end
+    res = evaluate(mixerlab.from_pretrained(run), load_dataset("mnist", str(tmp_path)).test, 10, batch_size=16)
+    assert summary["test_top1"] == pytest.approx(res["top1"])
+    final = json.loads((run / "final_eval.json").read_text())
+    assert final["split"] == "test" and final["model"] == f"best.pt (epoch {best + 1})"
+    assert "test top-1" in (run / "report.md").read_text()
+
+
+def test_val_split_0_keeps_the_last_epoch_and_scores_test(tmp_path):
+    make_idx_dir(tmp_path / "mnist", n_train=64)
+    summary = train(tiny_cfg(tmp_path, "mnist", data_dir=str(tmp_path), epochs=2, val_split=0))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("test_top1" in r and "val_top1" not in r for r in rows)
+    assert summary["selected_on"] == "last epoch" and summary["best_epoch"] == 2 and "val_top1" not in summary
+    assert summary["test_top1"] == pytest.approx(rows[-1]["test_top1"])
+    assert "nothing was chosen" in (tmp_path / "run" / "report.md").read_text()

@@ -120,6 +120,13 @@ def test_the_run_report_and_the_eval_report(tmp_path, browser):
     summary = json.loads((run / "summary.json").read_text())
     assert ("](hardest.png)" in md) == (summary["final_val_top1"] < 1)
     assert ("No image was misclassified" in md) == (summary["final_val_top1"] == 1)
+    assert "](samples.png)" in md and "](loss.png)" in md and "learning rate of each optimiser step" in md
+    # a later `mixerlab eval --tta` of the run folder shows in the run's report
+    assert "Scored by mixerlab eval" not in md
+    assert cli(["eval", str(run), "--data", str(root), "--tta"]) == 0
+    md = (run / "report.md").read_text()
+    tta = json.loads((run / "eval_tta.json").read_text())
+    assert f"| eval_tta.json | {root} | val | yes | 18 | {100 * tta['top1']:.2f}% |" in md
 
     class Images(HTMLParser):
         def __init__(self):

@@ -15,7 +15,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a run folder, checkpoint, or anything from_pretrained reads")
     p.add_argument("--data", default="fashion-mnist", help="dataset name, ImageFolder path or WebDataset shards")
     p.add_argument("--data-dir")
-    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--split", choices=["test", "val", "train"], default=None,
+                   help="default: test for the built-in sets (their official test images), else val")
     p.add_argument("--val-data", help="validation shards, when --data names training shards")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="decode images as they are scored, in worker processes (default: when they would not "
@@ -39,6 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..data.sources import load_dataset
+    from ..errors import DataError
     from ..evaluate import check_classes, evaluate
     from ..io_utils import atomic_write_json, writable_folder
     from ..perf.runtime import pick_device
@@ -53,7 +55,11 @@ def run_eval(args: argparse.Namespace) -> int:
     check_classes(model, data.classes, args.src, args.data, args.map_by_index)
     device = pick_device(args.device)
     model.to(device)
-    split = getattr(data, args.split)
+    args.split = args.split or ("test" if getattr(data, "test", None) is not None else "val")
+    split = getattr(data, args.split, None)
+    if split is None:
+        raise DataError(f"{args.data} has no {args.split} split; it has "
+                        f"{', '.join(n for n in ('train', 'val', 'test') if getattr(data, n, None) is not None)}")
     res = evaluate(model, split, data.num_classes, device, args.batch_size, args.precision, progress=True,
                    tta=args.tta, hardest=16)
     writable_folder(out)
@@ -64,6 +70,10 @@ def run_eval(args: argparse.Namespace) -> int:
     res["precision_per_class"] = dict(zip(names, res["precision_per_class"]))
     res.update({"source": str(args.src), "data": args.data, "split": args.split})
     atomic_write_json(out / f"{stem}.json", res)
+    if (out / "summary.json").is_file() and (out / "report.md").is_file():  # a run folder: its report shows it
+        from ..report import write_report
+
+        write_report(out)
     print(f"top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"({res['count']} images{', flip TTA' if args.tta else ''})")
     for c, a in res["per_class"].items():

@@ -41,7 +41,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
-    "val_images": "t10k-images-idx3-ubyte",
+    "val_images": "t10k-images-idx3-ubyte",  # the official test set: Dataset.test
     "val_labels": "t10k-labels-idx1-ubyte",
 }
 # sha256 of the *decompressed* files, so a recompressed copy (Debian's) checks as well as the original.
@@ -80,11 +80,14 @@ class Split:
 class Dataset:
     name: str
     train: Split
-    val: Split
+    val: Split | None  # what a run selects its best epoch on; None: nothing is selected (the last epoch is kept)
     classes: list[str]
     # Whether a mirror image is still of the same class: True for the built-in sets where it is
     # (clothes, photos), False where it is not (digits), None for a folder nobody has said it of.
     mirror_invariant: bool | None = None
+    # The built-in sets' official test images: scored at the end of a run and by `eval`, never used
+    # to choose anything. Folders and shards have none (their val/ is what they have).
+    test: Split | None = None
     streaming = False  # decoded in memory; see StreamDataset
 
     @property
@@ -212,7 +215,8 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
             raise DataError(f"{d}: {prefix} has {len(x)} images but {len(y)} labels")
         return Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
 
-    return Dataset(name, split("train"), split("val"), list(classes), mirror_invariant=name == "fashion-mnist")
+    return Dataset(name, split("train"), None, list(classes), mirror_invariant=name == "fashion-mnist",
+                   test=split("val"))
 
 
 # -------------------------------------------------------------------------------------------- CIFAR
@@ -268,4 +272,4 @@ def load_cifar(name: str, data_dir: str | None = None) -> Dataset:
         return Split(torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64))
 
     classes = [c.decode() if isinstance(c, bytes) else c for c in _read_cifar_file(root / meta_file)[names_key]]
-    return Dataset(name, split(train_files), split([test_file]), classes, mirror_invariant=True)
+    return Dataset(name, split(train_files), None, classes, mirror_invariant=True, test=split([test_file]))

@@ -31,7 +31,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # config overrides (depth, embed_dim, ...)
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
     img_size: int | None = None  # resize the data (ImageFolder) or the model (fine-tuning) to this
-    val_split: float = 0.1
+    val_split: float = 0.1  # held out of the training images to choose best.pt on (0: none; keep the last epoch)
     val_data: str | None = None  # validation shards (default: those dataset.json lists beside the training ones)
     stream: bool | None = None  # read images from disk as it trains; None: when they would not fit in memory
     workers: int | None = None  # decoding processes when streaming (None: the cores less one, up to 8)
@@ -110,7 +110,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Ranges of the numeric options, checked whenever a TrainConfig is made (flags, files, resumed runs).
 RULES: dict[str, Rule] = {
     **{k: Rule(choices=v) for k, v in CHOICES.items()},
-    "img_size": at_least(1), "val_split": Rule(0.0, 1.0, lo_open=True, hi_open=True), "epochs": at_least(1),
+    "img_size": at_least(1), "val_split": Rule(0.0, 1.0, hi_open=True), "epochs": at_least(1),
     "batch_size": at_least(1), "accum_steps": at_least(1), "lr": Rule(lo=0.0, lo_open=True), "min_lr": at_least(0),
     "betas": fraction(), "momentum": fraction(), "weight_decay": at_least(0), "warmup_epochs": at_least(0),
     "clip_grad": at_least(0), "label_smoothing": fraction(), "mixup": at_least(0), "randaug_n": at_least(0),

@@ -53,15 +53,17 @@ class Progress:
     best_eval: dict[str, Any] | None = None
     train_time_s: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[list[float]] = field(default_factory=list)  # [step, loss, train top-1, lr] of rank 0's batches
     # running sums of the current epoch, so that an epoch resumed in the middle reports all its steps
     epoch_loss_sum: float = 0.0
     epoch_grad_norm_sum: float = 0.0
     epoch_grad_norm_max: float = 0.0
+    epoch_top1_sum: float = 0.0
     epoch_bad_images: int = 0  # files skipped while streaming, this epoch
 
 
 # What differs between processes: each one's running sums (its own images' losses) mid-epoch.
-PER_RANK = ("epoch_loss_sum", "epoch_grad_norm_sum", "epoch_grad_norm_max", "epoch_bad_images")
+PER_RANK = ("epoch_loss_sum", "epoch_grad_norm_sum", "epoch_grad_norm_max", "epoch_top1_sum", "epoch_bad_images")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class EpochStats:
     mean_loss: float
     mean_grad_norm: float  # before clipping
     max_grad_norm: float
+    train_top1: float  # of the augmented training batches, as the model stood at each step
     bad_images: int  # skipped by this process
 
 
@@ -122,6 +125,12 @@ class Run:
         self.progress = Progress()
 
     @property
+    def epoch_split(self) -> tuple[str, Any]:
+        """What each epoch is scored on: validation; with none (--val-split 0 on a built-in set), the
+        test images, for the curve only."""
+        return ("val", self.data.val) if self.data.val is not None else ("test", self.data.test)
+
+    @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
@@ -153,6 +162,7 @@ class Run:
             for k in PER_RANK:
                 setattr(p, k, ranks[self.ctx.rank][k])
         p.metrics = [m for m in p.metrics if m["epoch"] <= p.epoch]
+        p.steps = [r for r in p.steps if r[0] <= p.epoch * self.steps_per_epoch + p.step_in_epoch]
         if p.best_eval is None and (self.run_dir / "best_eval.json").is_file():  # written before 0.2
             p.best_eval = json.loads((self.run_dir / "best_eval.json").read_text())
         self.progress = p
@@ -196,7 +206,7 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     run.ddp.train()
     start, t_epoch, data_time = p.step_in_epoch, time.perf_counter(), 0.0
     if start == 0:
-        p.epoch_loss_sum = p.epoch_grad_norm_sum = p.epoch_grad_norm_max = 0.0
+        p.epoch_loss_sum = p.epoch_grad_norm_sum = p.epoch_grad_norm_max = p.epoch_top1_sum = 0.0
         p.epoch_bad_images = 0
     show = run.is_main and not cfg.quiet
     bar = tqdm(range(start, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
@@ -210,11 +220,13 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         if errors:
             note_bad_images(run, errors)
         t_step = time.perf_counter()
-        loss, grad_norm = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes, run.device,
-                                     run.precision, run.scaler)
+        loss, grad_norm, top1 = train_step(run.ddp, batches, run.optimizer, cfg, run.data.num_classes,
+                                           run.device, run.precision, run.scaler)
         slow = run.watch.observe(time.perf_counter() - t_step, torch.get_num_threads())
         if slow and run.is_main and run.device.type == "cpu":
             log.warning(slow)
+        if run.is_main:
+            p.steps.append([epoch * run.steps_per_epoch + step + 1, loss, top1, run.scheduler.get_last_lr()[0]])
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update_parameters(run.model)
@@ -225,6 +237,7 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         p.epoch_loss_sum += loss
         p.epoch_grad_norm_sum += grad_norm
         p.epoch_grad_norm_max = max(p.epoch_grad_norm_max, grad_norm)
+        p.epoch_top1_sum += top1
         done = step + 1 - start
         if show and step % 10 == 0:
             bar.set_postfix(loss=f"{p.epoch_loss_sum / (step + 1):.4f}",
@@ -242,14 +255,16 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
     feed.close()
     n = run.steps_per_epoch
     return EpochStats(time.perf_counter() - t_epoch, data_time, n - start, p.epoch_loss_sum / n,
-                      p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max, p.epoch_bad_images)
+                      p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max, p.epoch_top1_sum / n, p.epoch_bad_images)
 
 
 def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
-    """Evaluate, record the epoch's metrics, write last.pt (and best.pt when top-1 improved)."""
+    """Evaluate, record the epoch's metrics, write last.pt (and best.pt when validation top-1 improved,
+    or every epoch when there is no validation split: the last one is kept)."""
     p = run.progress
     p.train_time_s += stats.seconds
-    ev = evaluate(run.eval_model, run.data.val, run.data.num_classes, run.device, run.cfg.eval_batch_size,
+    name, split = run.epoch_split
+    ev = evaluate(run.eval_model, split, run.data.num_classes, run.device, run.cfg.eval_batch_size,
                   run.precision, run.ctx.rank, run.ctx.world_size)
     ev.pop("hardest_images")
     m = {
@@ -257,27 +272,31 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
         "train_loss": dist_utils.mean_across(stats.mean_loss, run.device),
         # DDP all-reduces the gradients before their norm is taken: the same on every rank
         "grad_norm": stats.mean_grad_norm, "grad_norm_max": stats.max_grad_norm,
-        "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
+        "train_top1": dist_utils.mean_across(stats.train_top1, run.device),
+        f"{name}_loss": ev["loss"], f"{name}_top1": ev["top1"], f"{name}_top5": ev["top5"],
         "lr": run.scheduler.get_last_lr()[0], "images_per_s": stats.steps * run.global_batch / stats.seconds,
         "data_time_share": stats.data_seconds / stats.seconds, "elapsed_s": p.train_time_s,
         "bad_images": round(dist_utils.mean_across(float(stats.bad_images), run.device) * run.ctx.world_size),
     }
     p.metrics.append(m)
     p.epoch, p.step_in_epoch = epoch + 1, 0
-    improved = ev["top1"] > p.best_top1
+    improved = ev["top1"] > p.best_top1 or name == "test"  # test never chooses: the last epoch is kept
     if improved:
         p.best_top1, p.best_epoch, p.best_eval = ev["top1"], epoch + 1, ev
     run.save_last()
     if not run.is_main:
         return
-    log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.2f%%, top-5 %.2f%%, %.0f img/s",
-             epoch + 1, m["train_loss"], ev["loss"], 100 * ev["top1"], 100 * ev["top5"], m["images_per_s"])
+    log.info("epoch %d: train loss %.4f, %s loss %.4f, top-1 %.2f%%, top-5 %.2f%%, %.0f img/s", epoch + 1,
+             m["train_loss"], name, ev["loss"], 100 * ev["top1"], 100 * ev["top5"], m["images_per_s"])
     # rewritten whole (and atomically): a resume never duplicates a line, a crash never cuts one
     atomic_write_bytes(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.metrics).encode())
+    keys = ("step", "loss", "train_top1", "lr")
+    atomic_write_bytes(run.run_dir / "steps.jsonl",
+                       "".join(json.dumps(dict(zip(keys, r))) + "\n" for r in p.steps).encode())
     if improved:
         save_checkpoint(run.run_dir / "best.pt", {
             "config": run.model.config.to_dict(), "class_names": run.data.classes,
-            "model": run.eval_model.state_dict(), "epoch": epoch + 1, "val": ev,
+            "model": run.eval_model.state_dict(), "epoch": epoch + 1, name: ev,
         })
         atomic_write_json(run.run_dir / "best_eval.json", ev)
 

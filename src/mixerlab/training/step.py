@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -41,18 +42,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+class StepResult(NamedTuple):
+    loss: float  # mean over the step's images
+    grad_norm: float  # before clipping
+    top1: float  # share of the step's (augmented) images whose largest logit is their label
+
+
 def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], optimizer, cfg: TrainConfig,
-               num_classes: int, device: torch.device, precision: str, scaler=None) -> tuple[float, float]:
-    """One optimiser step over `accum` micro-batches of (augmented) uint8 images: returns (mean loss,
-    gradient norm before clipping).
+               num_classes: int, device: torch.device, precision: str, scaler=None) -> StepResult:
+    """One optimiser step over `accum` micro-batches of (augmented) uint8 images.
 
     The loss of each micro-batch is divided by their number, so K micro-batches of B give the same
     gradient as one batch of K*B; under DDP, gradients are all-reduced on the last micro-batch only.
     """
-    total = 0.0
+    total, correct, seen = 0.0, 0, 0
     n = len(batches)
     if n == 0:  # every image of the step was unusable (streaming skips them): nothing to learn from
-        return 0.0, 0.0
+        return StepResult(0.0, 0.0, 0.0)
     for i, (xb, yb) in enumerate(batches):
         x = prepare(xb, unwrap(model), device)
         y = yb.to(device)
@@ -68,6 +74,8 @@ def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
             else:
                 loss.backward()
         total += loss.item()
+        correct += int((logits.detach().argmax(-1) == y).sum())
+        seen += len(y)
     if scaler is not None:
         scaler.unscale_(optimizer)
     clip = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
@@ -78,4 +86,4 @@ def train_step(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total, grad_norm
+    return StepResult(total, grad_norm, correct / max(seen, 1))

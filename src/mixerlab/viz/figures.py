@@ -37,16 +37,19 @@ def _grid_figure(images: list[np.ndarray], path: Path, title: str, diverging: bo
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
+    shown = None
     for ax, im in zip(axes.flat, images):
-        if diverging:
+        if diverging:  # each unit scaled to its own largest weight, so that the one colour bar holds for all
             v = float(np.abs(im).max()) or 1.0
-            ax.imshow(im, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
+            shown = ax.imshow(im / v, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         elif im.shape[-1] == 1:
             ax.imshow(im[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         else:
             ax.imshow(im, interpolation="nearest")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if shown is not None:
+        fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.02, label="weight / the unit's largest |weight|")
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
     return path

@@ -15,7 +15,7 @@ from mixerlab.perf.inference import optimize_for_inference
 
 def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     out = tmp_path / "bench"
-    assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch", "4", "--resolutions", "28", "56",
+    assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch-size", "4", "--resolutions", "28", "56",
                 "--scale-models", "mixer_nano", "vit_nano", "--quick", "--device", "cpu", "--optimized",
                 "--out", str(out)]) == 0
     res = json.loads((out / "bench.json").read_text())
@@ -150,6 +150,6 @@ def test_bench_scaling_reports_local_slopes_beside_the_flop_model(tmp_path):
     assert all(p > 1.1 for p in series["mixer_nano (tiles: D_S x K^2)"]["slope_flops"])
     assert series["vit_nano"]["slope_flops"][1] > series["vit_nano"]["slope_flops"][0] > 1.0
     assert "local slope, FLOP model" in (out / "scaling.md").read_text() and (out / "scaling.png").is_file()
-    assert cli(["bench", "--scaling", "--precisions", "bf16", "--scale-models", "mixer_nano", "--resolutions", "28",
+    assert cli(["bench", "--scaling", "--precision", "bf16", "--scale-models", "mixer_nano", "--resolutions", "28",
                 "56", "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "scaling.json").read_text())["dtype"] == "bfloat16"

@@ -32,3 +32,26 @@ def test_python_dash_m_runs_the_same_cli():
     assert r.returncode == 0
     for cmd in ("info", "convert", "train", "eval", "predict", "bench"):
         assert cmd in r.stdout
+
+
+def test_train_help_gives_each_recipes_defaults_and_print_config_the_resolved_options(capsys, tmp_path,
+                                                                                      monkeypatch):
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lr LR default by --recipe: auto 0.01, demo 0.01, finetune 0.03, scratch 0.002" in text
+    assert "--optimizer {adamw,sgd,muon} default by --recipe: auto muon, demo muon, finetune sgd, scratch adamw" in text
+    assert "--min-lr MIN_LR default 1e-05" in text
+    (tmp_path / "c.yaml").write_text("lr: 0.5\nepochs: 3\n")
+    assert cli(["train", "--recipe", "scratch", "--config", str(tmp_path / "c.yaml"), "--epochs", "4",
+                "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    # recipe, then file, then flags
+    assert (cfg["recipe"], cfg["optimizer"], cfg["lr"], cfg["epochs"]) == ("scratch", "adamw", 0.5, 4)
+    assert cli(["train", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["recipe"], cfg["optimizer"], cfg["epochs"]) == ("auto", "muon", None)
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written

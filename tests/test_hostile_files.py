@@ -131,7 +131,7 @@ def test_outputs_under_a_file_are_one_message(saved, tmp_path, capsys):
     assert cli(["export", str(saved), str(tmp_path / "plain" / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'plain' / 'm.onnx'}: {tmp_path / 'plain'} is a file, not a folder" in err
-    assert cli(["convert", str(saved), str(tmp_path / "plain" / "sub"), "--to", "mixerlab"]) == 2
+    assert cli(["convert", str(saved), str(tmp_path / "plain" / "sub"), "--format", "mixerlab"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
@@ -166,11 +166,11 @@ def test_eval_with_a_missing_class_shows_both_lists(saved, tmp_path, capsys):
 
 def test_outputs_are_never_overwritten_unasked(saved, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    assert cli(["convert", str(saved), str(out), "--to", "timm"]) == 0
+    assert cli(["convert", str(saved), str(out), "--format", "timm"]) == 0
     first = out.read_bytes()
-    assert cli(["convert", str(saved), str(out), "--to", "timm"]) == 2
+    assert cli(["convert", str(saved), str(out), "--format", "timm"]) == 2
     assert f"{out} exists already; pass --overwrite to replace it" in capsys.readouterr().err
-    assert cli(["convert", str(saved), str(out), "--to", "timm", "--overwrite"]) == 0
+    assert cli(["convert", str(saved), str(out), "--format", "timm", "--overwrite"]) == 0
     assert out.read_bytes() == first
 
 
@@ -180,11 +180,11 @@ def test_a_lossy_conversion_says_what_it_drops(tmp_path, capsys):
     m.class_names = ["shirt", "shoe", "bag"]
     m.save_pretrained(tmp_path / "m")
     capsys.readouterr()
-    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "o.npz"), "--to", "official"]) == 0
+    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "o.npz"), "--format", "official"]) == 0
     out = capsys.readouterr().out
     assert "dropped: the class names (3" in out
     assert "act 'gelu' -> 'gelu_tanh'" in out and "mean (0.2,) -> (0.5,)" in out
     assert "(the activation changed)" in out
-    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "copy"), "--to", "mixerlab"]) == 0
+    assert cli(["convert", str(tmp_path / "m"), str(tmp_path / "copy"), "--format", "mixerlab"]) == 0
     out = capsys.readouterr().out
     assert "nothing lost" in out and "at most 0.00e+00" in out

@@ -208,7 +208,7 @@ def test_an_exported_onnx_file_is_served(model_dir, tmp_path):
     s = Served(tmp_path / "m.onnx", "--backend", "onnx")
     try:
         info = httpx.get(f"{s.url}/v1/model").json()
-        assert info["backend"] == "onnxruntime" and info["classes"] == CLASSES
+        assert info["backend"] == "onnx" and info["classes"] == CLASSES
         got = httpx.post(f"{s.url}/v1/predict", content=png(5)).json()["top"]
     finally:
         assert s.stop() == 0

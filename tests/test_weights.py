@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -141,11 +142,22 @@ def test_new_num_classes_replaces_only_the_head(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------- convert
 def test_convert_cli_round_trips(official_dir, tmp_path):
     src = official_dir / "tiny_p4" / "params.npz"
-    assert cli(["convert", str(src), str(tmp_path / "ours"), "--to", "mixerlab"]) == 0
-    assert cli(["convert", str(tmp_path / "ours"), str(tmp_path / "t.safetensors"), "--to", "timm"]) == 0
-    assert cli(["convert", str(tmp_path / "t.safetensors"), str(tmp_path / "back.npz"), "--to", "official"]) == 0
+    assert cli(["convert", str(src), str(tmp_path / "ours"), "--format", "mixerlab"]) == 0
+    assert cli(["convert", str(tmp_path / "ours"), str(tmp_path / "t.safetensors"), "--format", "timm"]) == 0
+    assert cli(["convert", str(tmp_path / "t.safetensors"), str(tmp_path / "back.npz"), "--format", "official"]) == 0
     a, b = read_npz(src), read_npz(tmp_path / "back.npz")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_old_option_names_still_work_and_say_the_new_one(official_dir, tmp_path, capsys):
+    src = official_dir / "tiny_p4" / "params.npz"
+    assert cli(["convert", str(src), str(tmp_path / "ours"), "--to", "mixerlab"]) == 0
+    assert "note: --to is now --format" in capsys.readouterr().err
+    assert (tmp_path / "ours" / "config.json").is_file()
+    assert cli(["convert", str(src), str(tmp_path / "x")]) == 2
+    assert "convert needs --format mixerlab, timm or official" in capsys.readouterr().err
+    assert "--to" not in __import__("subprocess").run(
+        [sys.executable, "-m", "mixerlab", "convert", "--help"], capture_output=True, text=True).stdout
 
 
 # -------------------------------------------------------------------------------------------- resize

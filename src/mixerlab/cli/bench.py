@@ -9,10 +9,15 @@ import argparse
 def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="mixerlab models to compare (default: S/16 and B/16 Mixers and ViTs, plus timm's)")
-    p.add_argument("--batch", type=int, default=32)
+    from .common import add_old_name, positive_int
+
+    p.add_argument("--batch-size", dest="batch", type=positive_int, default=32, help="images per timed call")
+    add_old_name(p, "--batch", "--batch-size", "batch", type=positive_int)
     p.add_argument("--resolutions", type=int, nargs="+", help="default 112 224 448 (--scaling: 224 448 896 1344)")
     p.add_argument("--scale-models", nargs="+", default=["mixer_b16_224", "vit_b16_224"])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precision", dest="precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="one or more (default: fp32 bf16)")
+    add_old_name(p, "--precisions", "--precision", "precisions", nargs="+", choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
     p.add_argument("--optimized", action="store_true",
@@ -21,7 +26,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
                         "candidates takes one to two minutes for B/16)")
     p.add_argument("--scaling", action="store_true",
                    help="only the resolution sweep, out to where ViT's attention dominates: batch 1, fp32 "
-                        "(--precisions bf16 for bf16), local log-log slopes against the FLOP model's (default "
+                        "(--precision bf16 for bf16), local log-log slopes against the FLOP model's (default "
                         "resolutions 224 448 896 1344)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
 

@@ -59,3 +59,22 @@ def refuse_existing(paths, overwrite: bool) -> None:
     for p in map(Path, paths):
         if p.is_file() or (p.is_dir() and any(p.iterdir())):
             raise MixerlabError(f"{p} exists already; pass --overwrite to replace it")
+
+
+class _OldName(argparse.Action):
+    """An option's old name: still read, with one line on stderr naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"note: {option_string} is now {self.new} (the old name still works for now)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_old_name(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kw) -> None:
+    """Accept `old` for the option now called `new` (same dest and type), hidden from --help."""
+    p.add_argument(old, dest=dest, action=_OldName, new=new, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)

@@ -65,10 +65,12 @@ def run_info(args: argparse.Namespace) -> int:
 def add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="any checkpoint from_pretrained reads (npz, timm .pth/.safetensors, folder)")
     p.add_argument("dst", help="output: a folder (mixerlab), a .pth/.safetensors file (timm) or a .npz")
-    p.add_argument("--to", choices=["mixerlab", "timm", "official"], required=True)
-    p.add_argument("--img-size", type=int, nargs="+", help="also resize the token mixing to this size")
-    from .common import add_overwrite
+    from .common import add_old_name, add_overwrite
 
+    p.add_argument("--format", dest="to", choices=["mixerlab", "timm", "official"], default=None,
+                   help="what to write (required): mixerlab (a folder), timm (.pth/.safetensors), official (.npz)")
+    add_old_name(p, "--to", "--format", "to", choices=["mixerlab", "timm", "official"])
+    p.add_argument("--img-size", type=int, nargs="+", help="also resize the token mixing to this size")
     add_overwrite(p)
 
 
@@ -79,6 +81,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..weights.timm import save_timm
     from .common import refuse_existing
 
+    if args.to is None:
+        raise MixerlabError("convert needs --format mixerlab, timm or official (what to write DST as)")
     refuse_existing([args.dst], args.overwrite)
     size = tuple(args.img_size) if args.img_size else None
     model = from_pretrained(args.src, img_size=size[0] if size and len(size) == 1 else size)

@@ -7,6 +7,8 @@ import json
 
 # ----------------------------------------------------------------------------------------- train
 HELP = {
+    "val_split": "share of the training images held out to choose best.pt on (built-in sets, and a folder without "
+                 "val/); 0: none, the last epoch is kept and a built-in set's test images are scored each epoch",
     "stream": "read images from disk as the run trains, in worker processes (default: when the decoded folder "
               "would pass the memory budget; shards always stream)",
     "workers": "decoding processes when streaming (default: the cores less one, at most 8)",
@@ -33,10 +35,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
     from ..training.recipes import RECIPES
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="preset: auto (the default: length, warmup and flips from the data), scratch (paper "
-                        "pre-training), finetune (paper fine-tuning), demo")
+                   help="preset (each option's help gives its value under each): auto (the default: Muon, length, "
+                        "warmup and flips from the data), scratch (paper pre-training, AdamW), finetune (paper "
+                        "fine-tuning, SGD), demo (make demo's Fashion-MNIST run)")
     p.add_argument("--config", help="YAML, TOML or JSON file of training options (flags win over it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the options this command would train with (recipe, then --config, then flags) "
+                        "as JSON, and exit; null: chosen from the data when the run starts")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. --model-arg depth=6 (repeatable)")
     hints = typing.get_type_hints(TrainConfig)
@@ -47,17 +53,32 @@ def add_train(p: argparse.ArgumentParser) -> None:
         flags = ["--" + n.replace("_", "-") for n in [f.name] + [o for o, r in RENAMED.items() if r == f.name]]
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        text = recipe_defaults(f.name, default)
+        if f.name in HELP:
+            text = HELP[f.name] + (f"; {text}" if text.startswith("default by") else "")
         if kind is bool:
-            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=HELP.get(f.name))
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif isinstance(default, tuple):
-            p.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=None)
+            p.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=None, help=text)
         elif kind in (int, float):
-            p.add_argument(*flags, dest=f.name, type=kind, default=None,
-                           help=HELP.get(f.name, f"default {'from the data' if default is None else default}"))
+            p.add_argument(*flags, dest=f.name, type=kind, default=None, help=text)
         else:
-            p.add_argument(*flags, dest=f.name, default=None, choices=CHOICES.get(f.name),
-                           help=HELP.get(f.name, f"default {default}" if default is not None else None))
+            p.add_argument(*flags, dest=f.name, default=None, choices=CHOICES.get(f.name), help=text)
+
+
+def recipe_defaults(name: str, default) -> str:
+    """What a flag defaults to under each recipe: one value when they agree, else each recipe's."""
+    from ..training.recipes import RECIPES
+
+    def shown(v) -> str:
+        if v is None:
+            return "from the data" if name in ("epochs", "warmup_epochs", "flip") else "none"
+        return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    values = {r: RECIPES[r].get(name, default) for r in sorted(RECIPES)}
+    if len({shown(v) for v in values.values()}) == 1:
+        return f"default {shown(default)}"
+    return "default by --recipe: " + ", ".join(f"{r} {shown(v)}" for r, v in values.items())
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -74,6 +95,11 @@ def run_train(args: argparse.Namespace) -> int:
         if any(len(kv) != 2 for kv in pairs):
             raise ValueError("--model-arg takes KEY=VALUE")
         flags["model_args"] = {k.replace("-", "_"): _parse_value(v) for k, v in pairs}
+    if args.print_config:
+        if args.resume:
+            raise ValueError("--print-config shows a new run's options; a resumed run's are in its config.json")
+        print(json.dumps(resolve(args.recipe, args.config, **flags).to_dict(), indent=2))
+        return 0
     if args.resume:
         overrides = {k: v for k, v in flags.items() if v is not None}
         overrides.update({k: True for k in ("recipe", "config") if getattr(args, k)})  # refused by train()

@@ -33,7 +33,7 @@ TRUST_HINT = ("a .pt2 package is native code that runs as soon as it is loaded; 
 
 
 class ExportedModel(nn.Module):
-    """An exported model; `backend` is "onnxruntime" or "aoti"."""
+    """An exported model; `backend` is "onnx" (run by ONNX Runtime; serve --backend onnx) or "aoti" (a .pt2)."""
 
     def __init__(self, path: Path, meta: dict[str, Any], run: Any, backend: str):
         super().__init__()
@@ -130,7 +130,7 @@ def load_exported(path: str | os.PathLike, threads: int | None = None, trust_com
         meta = checked_metadata(path, _read(read_metadata, path))
         run, ins, outs = _onnx_runner(path, threads)
         _check_io(path, meta["config"], ins, outs)
-        return ExportedModel(path, meta, run, "onnxruntime")
+        return ExportedModel(path, meta, run, "onnx")
     if path.suffix == ".pt2":
         from .aoti import read_pt2_metadata
 

@@ -11,26 +11,28 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
     >/dev/null 2>&1 || echo "apt could not install dataset-fashion-mnist; mixerlab will download the files"
 fi
 
-# On a CPU, two processes of one thread each (PyTorch DDP through torchrun) train this small model
+# On a CPU, two processes of one thread each (PyTorch DDP, `--processes 2`) train this small model
 # faster than one process with two threads (measured in docs/results.md), so the demo uses them where there
 # is no GPU and there are at least 2 cores. Each process takes 64 images: the global batch stays 128.
 CORES=$(nproc 2>/dev/null || echo 1)
 no_gpu() { $PY -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; }
 if [ "$CORES" -ge 2 ] && no_gpu; then
-  export OMP_NUM_THREADS=$((CORES / 2))
-  TRAIN=(.venv/bin/torchrun --standalone --nproc_per_node 2 -m mixerlab train)
+  TRAIN=($PY -m mixerlab train --processes 2)
   BATCH=(--batch-size 64)
 else
   TRAIN=($PY -m mixerlab train)
   BATCH=()
 fi
 
+# Ctrl-C: the trainer saves where it stands and says how to continue: by running `make demo` again.
+export MIXERLAB_RESUME_COMMAND="make demo"
+status=0
 if [ -f "$OUT/last.pt" ] && [ ! -f "$OUT/summary.json" ]; then
-  "${TRAIN[@]}" --resume "$OUT"                  # an interrupted demo continues where it stopped
+  "${TRAIN[@]}" --resume "$OUT" || status=$?    # an interrupted demo continues where it stopped
 elif [ ! -f "$OUT/summary.json" ]; then
-  "${TRAIN[@]}" --recipe demo "${BATCH[@]}" --out "$OUT"
+  "${TRAIN[@]}" --recipe demo "${BATCH[@]}" --out "$OUT" || status=$?
 fi
-unset OMP_NUM_THREADS
+[ "$status" = 0 ] || exit "$status"
 $PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT" --overwrite
 $PY -m mixerlab eval "$OUT" --data fashion-mnist --out "$OUT" --tta --overwrite
 $PY - "$OUT" <<'PY'

@@ -17,10 +17,12 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     out = tmp_path / "bench"
     assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch-size", "4", "--resolutions", "28", "56",
                 "--scale-models", "mixer_nano", "vit_nano", "--quick", "--device", "cpu", "--optimized",
-                "--out", str(out)]) == 0
+                "--precision", "fp32", "bf16", "--out", str(out)]) == 0
     res = json.loads((out / "bench.json").read_text())
     assert {r["model"] for r in res["inference"]} == {"mixer_nano", "vit_nano"}
-    assert all(r["img_s"] > 0 and r["img_s_core"] > 0 for r in res["inference"])
+    assert all(r["img_s"] > 0 and r["img_s_core"] > 0 and r["spread"] >= 1 for r in res["inference"])
+    assert all(r["unreliable"] == (r["spread"] > 2) for r in res["inference"])
+    assert "load average" in (out / "bench.md").read_text()
     assert [r["patches"] for r in res["scaling"] if r["model"] == "mixer_nano"] == [49, 196]
     assert set(res["loglog_slope"]) == {"mixer_nano", "vit_nano"}
     assert (out / "bench.md").read_text().startswith("Machine:") and (out / "bench.png").is_file()
@@ -153,3 +155,44 @@ def test_bench_scaling_reports_local_slopes_beside_the_flop_model(tmp_path):
     assert cli(["bench", "--scaling", "--precision", "bf16", "--scale-models", "mixer_nano", "--resolutions", "28",
                 "56", "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "scaling.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_a_ctrl_c_of_bench_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
+    import mixerlab.perf.bench as bench
+
+    real, calls = bench.inference_throughput, {"n": 0}
+
+    def interrupted_after_two(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench, "inference_throughput", interrupted_after_two)
+    out = tmp_path / "bench"
+    assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch-size", "2", "--resolutions", "28", "56",
+                "--scale-models", "mixer_nano", "--quick", "--precision", "fp32", "--out", str(out)]) == 130
+    res = json.loads((out / "bench.json").read_text())
+    assert res["interrupted"] is True and [r["model"] for r in res["inference"]] == ["mixer_nano", "vit_nano"]
+    assert "Interrupted (Ctrl-C)" in (out / "bench.md").read_text() and (out / "bench.png").is_file()
+    assert "interrupted: what was measured so far is in" in capsys.readouterr().out
+
+
+def test_a_speed_up_over_a_baseline_that_collapsed_is_called_unreliable(caplog):
+    """A baseline slowed by other jobs in some rounds (here: a sleep in every other call) is timed
+    again, and a speed-up that still rests on it says it is unreliable instead of being reported bare."""
+    import time
+
+    from mixerlab.perf.inference import _fastest
+
+    calls = {"n": 0}
+
+    def eager(x):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            time.sleep(0.05)
+        return x * 2
+
+    fn, note = _fastest({"eager": eager, "fast": lambda x: x * 2}, torch.ones(3), torch.device("cpu"), torch.float32)
+    assert "unreliable: a time varied" in note and "load average" in note and "other jobs" in note
+    assert "unreliable" in caplog.text

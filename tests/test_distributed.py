@@ -118,3 +118,35 @@ def test_torchrun_two_processes_writes_one_summary_and_resumes(tmp_path, optimiz
                             "--quiet"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, launch_failure(r)
         assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+def test_processes_flag_trains_like_torchrun_and_ctrl_c_ends_with_one_line(tmp_path):
+    """`mixerlab train --processes 2`: Ctrl-C (SIGINT to the terminal's process group) stops both
+    workers after a step with a checkpoint, no traceback, and the last line says how to continue."""
+    import signal
+    import time
+
+    root = make_image_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    args = ["--data", str(root), "--model", "mixer_nano", "--batch-size", "2", "--epochs", "2", "--precision",
+            "fp32", "--quiet", "--out", str(run)] + sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
+    cmd = [sys.executable, "-m", "mixerlab", "train", "--processes", "2", *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (run / "config.json").is_file() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group gets it
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert out.strip().splitlines()[-1] == f"stopped; resume with: mixerlab train --processes 2 --resume {run}"
+    assert "Traceback" not in err and err.count("stopping after this step") == 1
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and not (run / "summary.json").exists()
+    r = subprocess.run([sys.executable, "-m", "mixerlab", "train", "--processes", "2", "--resume", str(run)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, launch_failure(r)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in rows] == [1, 2]

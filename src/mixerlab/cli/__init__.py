@@ -24,7 +24,8 @@ from .viz import add_viz, run_viz
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "list models, or describe one model or checkpoint", add_info, run_info),
     ("convert", "convert weights between mixerlab, timm and official formats", add_convert, run_convert),
-    ("train", "train from scratch or fine-tune (torchrun for several processes)", add_train, run_train),
+    ("train", "train from scratch or fine-tune (--processes N, or torchrun, for several processes)", add_train,
+     run_train),
     ("data", "pack an image folder into WebDataset shards for streaming", add_data, run_data),
     ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", add_eval, run_eval),
     ("predict", "classify image files", add_predict, run_predict),
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv  # `train --processes N` starts its workers with the same arguments
     # mixerlab's own INFO lines, and only warnings from libraries: ONNX Runtime's quantiser logs a line
     # per node on the root logger, the ONNX exporter one per rewritten node (all of them with --verbose).
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -11,15 +11,20 @@ def add_bench(p: argparse.ArgumentParser) -> None:
                    help="mixerlab models to compare (default: S/16 and B/16 Mixers and ViTs, plus timm's)")
     from .common import add_old_name, positive_int
 
-    p.add_argument("--batch-size", dest="batch", type=positive_int, default=32, help="images per timed call")
+    p.add_argument("--batch-size", dest="batch", type=positive_int, default=None,
+                   help="images per timed call (default 32; 8 with --quick)")
     add_old_name(p, "--batch", "--batch-size", "batch", type=positive_int)
     p.add_argument("--resolutions", type=int, nargs="+", help="default 112 224 448 (--scaling: 224 448 896 1344)")
-    p.add_argument("--scale-models", nargs="+", default=["mixer_b16_224", "vit_b16_224"])
-    p.add_argument("--precision", dest="precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                   help="one or more (default: fp32 bf16)")
+    p.add_argument("--scale-models", nargs="+", default=None,
+                   help="models of the resolution sweep (default mixer_b16_224 vit_b16_224; S/16 with --quick)")
+    p.add_argument("--precision", dest="precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="one or more (default: fp32, and bf16 where the hardware computes it: emulated on other "
+                        "CPUs, it runs many times slower than fp32)")
     add_old_name(p, "--precisions", "--precision", "precisions", nargs="+", choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="fewer repeats (for a smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="a look in about a minute: S/16 Mixer and ViT only, batch 8, resolutions 112 224, fewer "
+                        "repeats")
     p.add_argument("--optimized", action="store_true",
                    help="also time each mixerlab model through optimize_for_inference (the fastest path "
                         "this machine has: eager, torch.compile, and in fp32 oneDNN or ONNX Runtime; building the "
@@ -58,9 +63,17 @@ def run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..perf.bench import run_default
-    from ..perf.runtime import pick_device
+    from ..perf.runtime import native_bf16, pick_device
 
     _check_resolutions(args.resolutions)
+    device = pick_device(args.device)
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
+        if len(args.precisions) == 1:
+            print("bf16 left out: this machine has no native bf16 (torch would emulate it, many times slower "
+                  "than fp32); --precision fp32 bf16 measures it anyway")
+    quick_models = ("mixer_s16_224", "vit_s16_224")
+    args.scale_models = args.scale_models or list(quick_models if args.quick else ("mixer_b16_224", "vit_b16_224"))
     if args.scaling:
         from ..perf.scaling import run_scaling
 
@@ -72,10 +85,11 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"{label}: local slopes {slopes} (FLOP model {model})")
         print(f"wrote {args.out}/scaling.json, scaling.md, scaling.png")
         return 0
-    models = [(m, "mixerlab") for m in args.models] if args.models else None
-    res = run_default(Path(args.out), args.batch, str(pick_device(args.device)), args.quick, models,
-                      tuple(args.resolutions or (112, 224, 448)), tuple(args.scale_models), tuple(args.precisions),
-                      optimized=args.optimized)
+    names = args.models or (quick_models if args.quick else None)
+    models = [(m, "mixerlab") for m in names] if names else None
+    res = run_default(Path(args.out), args.batch or (8 if args.quick else 32), str(device), args.quick, models,
+                      tuple(args.resolutions or ((112, 224) if args.quick else (112, 224, 448))),
+                      tuple(args.scale_models), tuple(args.precisions), optimized=args.optimized)
     for name, slope in res["loglog_slope"].items():
         print(f"log-log slope of time against patches, {name}: {slope:.2f}")
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+from ..training.launch import LAUNCHED
 
 # ----------------------------------------------------------------------------------------- train
 HELP = {
@@ -33,6 +36,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
     from ..training.config import CHOICES, RENAMED, TrainConfig
     from ..training.recipes import RECIPES
+    from .common import positive_int
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="preset (each option's help gives its value under each): auto (the default: Muon, length, "
@@ -40,6 +44,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
                         "fine-tuning, SGD), demo (make demo's Fashion-MNIST run)")
     p.add_argument("--config", help="YAML, TOML or JSON file of training options (flags win over it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument("--processes", type=positive_int, default=None, metavar="N",
+                   help="train in N processes on this machine (PyTorch DDP, as torchrun would start them; each "
+                        "gets cores / N threads); needs --out, and --resume takes the same N")
     p.add_argument("--print-config", action="store_true",
                    help="print the options this command would train with (recipe, then --config, then flags) "
                         "as JSON, and exit; null: chosen from the data when the run starts")
@@ -100,6 +107,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError("--print-config shows a new run's options; a resumed run's are in its config.json")
         print(json.dumps(resolve(args.recipe, args.config, **flags).to_dict(), indent=2))
         return 0
+    if args.processes is not None and args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     if args.resume:
         overrides = {k: v for k, v in flags.items() if v is not None}
         overrides.update({k: True for k in ("recipe", "config") if getattr(args, k)})  # refused by train()
@@ -107,9 +116,33 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         summary = train(resolve(args.recipe, args.config, **flags))
     if summary.get("stopped"):
-        if summary["resume_command"]:
+        if summary["resume_command"] and not os.environ.get(LAUNCHED):  # else the launcher says it, once
             print(f"stopped; resume with: {summary['resume_command']}")
         return 130
     if summary:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`--processes N`: the same command in N worker processes; one line at the end when they stopped."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..training.checkpoint import resume_command
+    from ..training.launch import STOPPED, launch
+
+    out = args.resume or args.out
+    if out is None:
+        raise ConfigError("--processes: give the run's folder, --out FOLDER (every process writes to it)")
+    argv, skip = [], False
+    for a in args._argv:  # the workers run without --processes: they are the N
+        if skip or a == "--processes" or a.startswith("--processes="):
+            skip = a == "--processes"
+            continue
+        argv.append(a)
+    code = launch(args.processes, argv)
+    if code == STOPPED:
+        os.environ[LAUNCHED] = str(args.processes)
+        print(f"stopped; resume with: {resume_command(Path(out), args.processes)}")
+    return code

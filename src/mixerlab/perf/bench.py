@@ -20,12 +20,13 @@ from ..models.flops import count_flops
 from ..models.registry import create_model
 from ..training.optim import make_fused
 from .gemm import SHAPES, gemm_rates
-from .timing import machine_info, time_call
+from .timing import UNSTEADY, machine_info, time_call, time_call_spread
 
 
 def inference_throughput(model: nn.Module | Callable, x: torch.Tensor, device: torch.device,
-                         autocast_dtype: torch.dtype | None = None, **timing: Any) -> float:
-    """Images per second of a forward pass (no grad) at x's batch size."""
+                         autocast_dtype: torch.dtype | None = None, with_spread: bool = False, **timing: Any):
+    """Images per second of a forward pass (no grad) at x's batch size; with `with_spread`, also how
+    much the repeats varied (slowest over fastest)."""
     def call():
         with torch.inference_mode():
             if autocast_dtype is not None:
@@ -33,7 +34,8 @@ def inference_throughput(model: nn.Module | Callable, x: torch.Tensor, device: t
                     return model(x)
             return model(x)
 
-    return x.shape[0] / time_call(call, device, **timing)
+    seconds, varied = time_call_spread(call, device, **timing)
+    return (x.shape[0] / seconds, varied) if with_spread else x.shape[0] / seconds
 
 
 def train_throughput(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str = "fp32",
@@ -73,16 +75,35 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
                 models: list[tuple[str, str]] | None = None, resolutions: tuple[int, ...] = (112, 224, 448),
                 scale_models: tuple[str, ...] = ("mixer_b16_224", "vit_b16_224"), precisions=("fp32", "bf16"),
                 log: Callable[[str], None] = print, optimized: bool = False) -> dict[str, Any]:
-    """Mixer against the ViT of its size class at 224 px, then the resolution scan."""
+    """Mixer against the ViT of its size class at 224 px, then the resolution scan. A Ctrl-C keeps
+    what was measured: the files are written with "interrupted": true, then KeyboardInterrupt goes on."""
     dev = torch.device(device)
     cores = torch.get_num_threads()
     timing = dict(warmup=1, iters=1, repeats=2) if quick else dict(warmup=2, iters=2, repeats=3)
     models = models or [("mixer_s16_224", "mixerlab"), ("vit_s16_224", "mixerlab"), ("mixer_b16_224", "mixerlab"),
                         ("vit_b16_224", "mixerlab"), ("mixer_b16_224", "timm"), ("vit_base_patch16_224", "timm")]
     results: dict[str, Any] = {"machine": machine_info(), "batch": batch, "inference": [], "scaling": [], "gemm": {}}
+    m = results["machine"]
+    load = "unknown" if m["load_average"] is None else f"{m['load_average']:.1f}"
+    log(f"{m['cpu']}, {m['threads']} thread(s), load average {load} on {m['usable_cores']} core(s)")
+    try:
+        _measure(results, dev, cores, timing, batch, quick, models, resolutions, scale_models, precisions, log,
+                 optimized)
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        save_results(out_dir, "bench", results, to_markdown, plot)
+        log(f"interrupted: what was measured so far is in {out_dir}/bench.json")
+        raise
+    return save_results(out_dir, "bench", results, to_markdown, plot)
+
+
+def _measure(results: dict[str, Any], dev: torch.device, cores: int, timing: dict, batch: int, quick: bool,
+             models: list[tuple[str, str]], resolutions: tuple[int, ...], scale_models: tuple[str, ...],
+             precisions, log: Callable[[str], None], optimized: bool) -> None:
+    """The measurements of run_default, each appended to `results` as soon as it is made."""
     for prec in precisions:  # the machine's limit: the best GEMM rate of any backend
         g = gemm_rates(torch.bfloat16 if prec == "bf16" else torch.float32, dev,
-                       ((1024, 768, 3072),) if quick else SHAPES)
+                       ((256, 384, 1536),) if quick else SHAPES)  # quick: a small one (emulated bf16 is slow)
         results["gemm"][prec] = g
         log(f"GEMM {prec}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in g["backends"].items())
             + f"; the limit: {g['best_backend']}")
@@ -106,12 +127,15 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
                 runs.append(("mixerlab, optimize_for_inference", fast, None))
                 log(f"optimize_for_inference {name} {prec}: {fast.optimizations[-1]}")
             for label, m, autocast_dtype in runs:
-                ips = inference_throughput(m, x, dev, autocast_dtype, **timing)
+                ips, varied = inference_throughput(m, x, dev, autocast_dtype, with_spread=True, **timing)
                 limit = results["gemm"][prec]["best_gflops"]
                 results["inference"].append({
                     "model": name, "source": label, "precision": prec, "img_s": ips, "img_s_core": ips / cores,
-                    "gflops_per_img": gflops, "share_of_gemm_limit": ips * gflops / limit if gflops else None})
-                log(f"{label:>8} {name:<22} {prec:<5} {ips:8.2f} img/s  {ips / cores:7.2f} img/s/core")
+                    "gflops_per_img": gflops, "share_of_gemm_limit": ips * gflops / limit if gflops else None,
+                    "spread": varied, "unreliable": varied > UNSTEADY})
+                log(f"{label:>8} {name:<22} {prec:<5} {ips:8.2f} img/s  {ips / cores:7.2f} img/s/core"
+                    + (f"  UNRELIABLE: repeats varied {varied:.1f}x (other jobs on the cores?)"
+                       if varied > UNSTEADY else ""))
     for name in scale_models:
         for res in resolutions:
             model = create_model(name, img_size=res).to(dev).eval()
@@ -127,7 +151,6 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
         rows = [r for r in results["scaling"] if r["model"] == name]
         slopes[name] = loglog_slope([r["patches"] for r in rows], [r["s_per_img"] for r in rows])
     results["loglog_slope"] = slopes
-    return save_results(out_dir, "bench", results, to_markdown, plot)
 
 
 def save_results(out_dir: Path, stem: str, results: dict[str, Any], markdown: Callable, draw: Callable) -> dict:
@@ -141,7 +164,11 @@ def save_results(out_dir: Path, stem: str, results: dict[str, Any], markdown: Ca
 
 def to_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}.", ""]
+    load = "unknown" if m.get("load_average") is None else f"{m['load_average']:.1f}"
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}; load "
+             f"average {load} on {m.get('usable_cores', m['cores'])} core(s).", ""]
+    if results.get("interrupted"):
+        lines += ["Interrupted (Ctrl-C): only what was measured before it is below.", ""]
     for prec, g in results.get("gemm", {}).items():
         lines.append(f"GEMM limit, {prec}: " + ", ".join(f"{k} {v:.0f}" for k, v in g["backends"].items())
                      + f" GFLOP/s; the best is {g['best_backend']}.")
@@ -149,8 +176,9 @@ def to_markdown(results: dict[str, Any]) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     for r in results["inference"]:
         share = f"{100 * r['share_of_gemm_limit']:.0f}%" if r.get("share_of_gemm_limit") else "-"
-        lines.append(f"| {r['source']} | {r['model']} | {r['precision']} | {r['img_s']:.2f} | {r['img_s_core']:.2f} "
-                     f"| {share} |")
+        flag = " (unreliable: repeats varied {:.1f}x)".format(r["spread"]) if r.get("unreliable") else ""
+        lines.append(f"| {r['source']} | {r['model']} | {r['precision']} | {r['img_s']:.2f}{flag} | "
+                     f"{r['img_s_core']:.2f} | {share} |")
     lines += ["", "| model | px | patches | img/s | GFLOPs/img |", "| --- | --- | --- | --- | --- |"]
     for r in results["scaling"]:
         lines.append(f"| {r['model']} | {r['img_size']} | {r['patches']} | {r['img_s']:.2f} | "
@@ -175,11 +203,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0].set_title(f"inference at 224 px, batch {results['batch']}")
     for name in {r["model"] for r in results["scaling"]}:
         s = [r for r in results["scaling"] if r["model"] == name]
+        slope = results.get("loglog_slope", {}).get(name)
         axes[1].loglog([r["patches"] for r in s], [r["s_per_img"] for r in s], marker="o",
-                       label=f"{name} (slope {results['loglog_slope'][name]:.2f})")
+                       label=name if slope is None else f"{name} (slope {slope:.2f})")
     axes[1].set_xlabel("patches")
     axes[1].set_ylabel("seconds per image")
-    axes[1].legend()
+    if results["scaling"]:
+        axes[1].legend()
     axes[1].set_title("scaling with resolution")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

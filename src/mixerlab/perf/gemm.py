@@ -34,9 +34,13 @@ def _onednn_rate(m: int, k: int, n: int) -> float | None:
     """fp32 through oneDNN with the weight prepacked, as `torch.utils.mkldnn.to_mkldnn` runs a Linear."""
     if not torch.backends.mkldnn.is_available():
         return None
-    from torch.utils.mkldnn import MkldnnLinear
+    import warnings
 
-    lin = MkldnnLinear(torch.nn.Linear(k, n, bias=False), torch.float32)
+    with warnings.catch_warnings():  # MkldnnLinear is declared with a TorchScript API torch now deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        from torch.utils.mkldnn import MkldnnLinear
+
+        lin = MkldnnLinear(torch.nn.Linear(k, n, bias=False), torch.float32)
     x = torch.randn(m, k)
     with torch.no_grad():
         return 2 * m * k * n / time_call(lambda: lin(x), torch.device("cpu"), warmup=2, iters=3, repeats=3)

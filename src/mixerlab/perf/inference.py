@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import statistics
 import tempfile
 import time
 import warnings
@@ -34,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .allocator import tune_cpu_allocator
-from .timing import time_call
+from .timing import UNSTEADY, spread, time_interleaved
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +192,28 @@ def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.de
         ref = candidates["eager"](example).float()
         scale = ref.abs().max().clamp_min(1e-6)
         tol = 1e-4 if dtype == torch.float32 else 5e-2
-        times = {}
+        usable = {}
         for name, fn in candidates.items():
             err = ((fn(example).float() - ref).abs().max() / scale).item()
             if err > tol:
                 log.warning("%s differs from eager by %.1e of the logits' scale; not used", name, err)
                 continue
-            times[name] = time_call(lambda f=fn: f(example), device, warmup=1, iters=1, repeats=3)
+            usable[name] = lambda f=fn: f(example)
+        samples = time_interleaved(usable, device, rounds=3)
+        if spread(samples["eager"]) > UNSTEADY:  # a baseline that collapsed under other jobs' load: once more
+            samples = time_interleaved(usable, device, rounds=5, warmup=0)
+    times = {n: statistics.median(s) for n, s in samples.items()}
     best = min(times, key=times.get)
     others = ", ".join(f"{n} {times['eager'] / t:.2f}x" for n, t in times.items() if n not in (best, "eager"))
     note = f"{best}: {times['eager'] / times[best]:.2f}x eager" + (f" (also measured: {others})" if others else "")
+    worst = max(spread(s) for s in samples.values())
+    if worst > UNSTEADY:
+        from .threads import load_average, usable_cores
+
+        load = load_average()
+        why = (f"unreliable: a time varied {worst:.1f}x between rounds, load average "
+               f"{'unknown' if load is None else f'{load:.1f}'} on {usable_cores()} core(s); other jobs were "
+               "likely using the cores")
+        log.warning("optimize_for_inference: %s: %s", note, why)
+        note += f" ({why})"
     return candidates[best], note

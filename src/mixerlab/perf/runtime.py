@@ -30,11 +30,18 @@ def pick_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (a CUDA GPU that supports it; a CPU with AVX512-BF16
+    or AMX). Elsewhere torch emulates it, many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     try:
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
+        return False
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -49,9 +49,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+UNSTEADY = 2.0  # the slowest repeat over the fastest beyond which a time is not to be trusted
+
+
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, iters: int = 3, repeats: int = 3,
               min_time: float = 0.0) -> float:
     """Median seconds per call over `repeats` timed loops of `iters` calls, after `warmup` calls."""
+    return time_call_spread(fn, device, warmup, iters, repeats, min_time)[0]
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 3,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of one call of each function, `rounds` times, in turns (a, b, c, a, b, c, ...): a burst
+    of load from other jobs then slows every one of them, not only whichever ran at that moment, so a
+    ratio between them stays honest."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def spread(samples: list[float]) -> float:
+    """The slowest sample over the fastest: 1 on a quiet machine."""
+    return max(samples) / max(min(samples), 1e-12)
+
+
+def time_call_spread(fn: Callable[[], Any], device: torch.device, warmup: int = 2, iters: int = 3,
+                     repeats: int = 3, min_time: float = 0.0) -> tuple[float, float]:
+    """(median seconds per call, spread of the repeats): see `time_call`."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -64,4 +97,4 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, iter
             n += 1
         _sync(device)
         times.append((time.perf_counter() - t) / n)
-    return statistics.median(times)
+    return statistics.median(times), spread(times)

@@ -118,6 +118,14 @@ def check_writable_dir(run_dir: Path) -> None:
 
 
 def resume_command(run_dir: Path, world: int) -> str:
-    """The command that continues a stopped run: the same launcher, with --resume."""
-    how = "mixerlab train" if world == 1 else f"torchrun --nproc_per_node {world} -m mixerlab train"
+    """The command that continues a stopped run: the same launcher, with --resume; or the command that
+    started it, when that says (`make demo` sets MIXERLAB_RESUME_COMMAND)."""
+    if os.environ.get("MIXERLAB_RESUME_COMMAND"):
+        return os.environ["MIXERLAB_RESUME_COMMAND"]
+    if world == 1:
+        how = "mixerlab train"
+    elif os.environ.get("MIXERLAB_PROCESSES"):  # started by `mixerlab train --processes N`
+        how = f"mixerlab train --processes {world}"
+    else:
+        how = f"torchrun --nproc_per_node {world} -m mixerlab train"
     return f"{how} --resume {run_dir}"

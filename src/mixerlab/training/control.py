@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -36,7 +37,8 @@ class StopFlag:
         if self.set:  # a second signal: leave now
             raise KeyboardInterrupt
         self.set = True
-        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+        if os.environ.get("RANK", "0") == "0":  # every process gets the terminal's Ctrl-C; one says so
+            log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():

@@ -143,6 +143,25 @@ def test_jax_init_is_lecun_normal():
     assert torch.count_nonzero(model.blocks[0].mlp_channels.fc1.bias) == 0
 
 
+def test_a_mixer_built_without_wasted_init_initialises_every_tensor():
+    """Built on the meta device and given storage once: every parameter must come out of init_weights
+    (uninitialised memory would pass a shape check and fail silently later)."""
+    torch.manual_seed(0)
+    for mode in ("jax", "timm"):
+        model = mixerlab.create_model("mixer_nano", init=mode)
+        for name, p in model.named_parameters():
+            assert torch.isfinite(p).all(), name
+            if "norm" in name and name.endswith("weight"):
+                assert torch.equal(p, torch.ones_like(p)), name
+            elif name.startswith("head") or (mode == "jax" and name.endswith("bias")):
+                assert torch.count_nonzero(p) == 0, name
+            elif name.endswith("weight"):  # lecun-normal: std 1/sqrt(fan_in); xavier: near it
+                assert 0.3 < p.std().item() * p[0].numel() ** 0.5 < 2.5, name
+    with torch.device("meta"):  # shapes only: no storage, no init
+        meta = mixerlab.create_model("mixer_h14_224")
+    assert all(p.is_meta for p in meta.parameters()) and sum(p.numel() for p in meta.parameters()) > 400e6
+
+
 def test_reset_classifier():
     model = small()
     model.reset_classifier(3)

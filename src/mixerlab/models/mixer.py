@@ -109,16 +109,21 @@ class MlpMixer(ClassifierBase):
         super().__init__()
         cfg = (cfg or MixerConfig()).replace(**overrides) if overrides else (cfg or MixerConfig())
         self._init_common(cfg)
-
-        self.stem = PatchStem(cfg)
-        n = cfg.depth
-        # Stochastic depth rises linearly from 0 at the first layer to drop_path_rate at the last.
-        rates = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
-        self.blocks = nn.Sequential(*[MixerBlock(cfg, r) for r in rates])
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.init_weights(cfg.init)
+        device = torch.empty(()).device  # the default device, or meta inside `with torch.device("meta")`
+        # Built without memory, then given storage and initialised once: torch's default init of every
+        # Linear would be computed only to be overwritten by init_weights.
+        with torch.device("meta"):
+            self.stem = PatchStem(cfg)
+            n = cfg.depth
+            # Stochastic depth rises linearly from 0 at the first layer to drop_path_rate at the last.
+            rates = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+            self.blocks = nn.Sequential(*[MixerBlock(cfg, r) for r in rates])
+            self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+            self.head_drop = nn.Dropout(cfg.drop_rate)
+            self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights(cfg.init)
 
     # -- initialisation -------------------------------------------------------------------------
     @torch.no_grad()

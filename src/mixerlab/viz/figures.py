@@ -29,27 +29,41 @@ def _plt():
     return plt
 
 
+def _mosaic(images: list[np.ndarray], cols: int, gap: int = 1) -> np.ndarray:
+    """The images (H, W) or (H, W, C) laid out in rows of `cols`, `gap` pixels of NaN between them."""
+    h, w = images[0].shape[:2]
+    rows = math.ceil(len(images) / cols)
+    extra = images[0].shape[2:]
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *extra), np.nan, dtype=np.float32)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = im
+    return out
+
+
 def _grid_figure(images: list[np.ndarray], path: Path, title: str, diverging: bool, cols: int | None = None) -> Path:
+    """One image of all the units side by side (one imshow, not an axis per unit: a B/16 block has
+    384 of them)."""
     plt = _plt()
     n = len(images)
     cols = cols or max(1, math.ceil(math.sqrt(n * 1.6)))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    shown = None
-    for ax, im in zip(axes.flat, images):
-        if diverging:  # each unit scaled to its own largest weight, so that the one colour bar holds for all
-            v = float(np.abs(im).max()) or 1.0
-            shown = ax.imshow(im / v, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        elif im.shape[-1] == 1:
-            ax.imshow(im[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    fig, ax = plt.subplots(figsize=(min(cols * 0.9, 24) + 1.2, min(rows * 0.9, 24) + 0.6))
+    ax.set_axis_off()
+    if diverging:  # each unit scaled to its own largest weight, so that the one colour bar holds for all
+        scaled = [im / (float(np.abs(im).max()) or 1.0) for im in images]
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+        shown = ax.imshow(_mosaic(scaled, cols), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        fig.colorbar(shown, ax=ax, shrink=0.6, pad=0.02, label="weight / the unit's largest |weight|")
+    else:
+        grid = _mosaic(images, cols)
+        if grid.shape[-1] == 1:
+            cmap = plt.get_cmap("gray").with_extremes(bad="white")
+            ax.imshow(grid[..., 0], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         else:
-            ax.imshow(im, interpolation="nearest")
-    fig.suptitle(title, fontsize=10)
+            ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation="nearest")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    if shown is not None:
-        fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.02, label="weight / the unit's largest |weight|")
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
     return path

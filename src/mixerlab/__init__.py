@@ -10,13 +10,13 @@ from .models.config import MixerConfig, ViTConfig, config_from_dict
 from .models.flops import count_flops, count_macs, count_params
 from .models.mixer import MlpMixer
 from .models.registry import get_config, list_models, model_from_config
+from .models.resize import resize_token_mixing
 from .models.serialization import save_pretrained
 from .models.vit import VisionTransformer
 from .perf.allocator import tune_cpu_allocator
 from .perf.inference import optimize_for_inference
 from .weights.load import create_model, from_pretrained
 from .weights.official import save_official
-from .weights.resize import resize_token_mixing
 from .weights.timm import save_timm
 
 __version__ = "0.1.0"

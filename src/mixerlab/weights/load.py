@@ -31,8 +31,8 @@ from ..models.config import MixerConfig, ViTConfig, config_from_dict
 from ..models.layers import to_2tuple
 from ..models.registry import create_model as create_random_model
 from ..models.registry import get_config, model_from_config
+from ..models.resize import resize_token_mixing
 from . import npz, official, timm
-from .resize import resize_token_mixing
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.layers import to_2tuple
-from ..models.mixer import MlpMixer
+from .layers import to_2tuple
+from .mixer import MlpMixer
 
 log = logging.getLogger(__name__)
 

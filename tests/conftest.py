@@ -6,6 +6,7 @@ import pytest
 import torch
 
 OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "official_mixer"
+FEWSHOT_DIR = OFFICIAL_DIR.parent / "fewshot_bigvision"
 OFFICIAL_CASES = ["tiny_p4", "small_p8_gray", "tiny_p16_224", "tiny_nohead", "tiny_p4_lecun"]
 
 
@@ -16,6 +17,16 @@ def official_dir() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(f"reference vectors missing: {d} (they must be present in CI)")
         pytest.skip(f"reference vectors not found at {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def fewshot_dir() -> Path:
+    d = Path(os.environ.get("MIXERLAB_FEWSHOT_TESTDATA", FEWSHOT_DIR))
+    if not d.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"big_vision few-shot reference cases missing: {d} (they must be present in CI)")
+        pytest.skip(f"big_vision few-shot reference cases not found at {d}")
     return d
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     # perf.inference may try an exported model among its candidates, so it sits beside export
     ("tasks", ["mixerlab.training", "mixerlab.evaluate", "mixerlab.predict", "mixerlab.report", "mixerlab.perf.bench",
                "mixerlab.perf.inference",
-               "mixerlab.perf", "mixerlab.export", "mixerlab.serve", "mixerlab.viz"]),
+               "mixerlab.perf", "mixerlab.export", "mixerlab.serve", "mixerlab.viz", "mixerlab.features"]),
     ("cli", ["mixerlab.cli", "mixerlab.__main__"]),
 ]
 MAX_MODULE_LINES = 400

@@ -13,9 +13,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError
 from . import serialization
+from .features import FeatureMixin
 
 
-class ClassifierBase(nn.Module):
+class ClassifierBase(FeatureMixin, nn.Module):
     """Subclasses set `config_class`, `config`, `blocks`, `norm` and `head` and call `_init_common` first."""
 
     config_class: ClassVar[type]
@@ -33,11 +34,15 @@ class ClassifierBase(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a zero-initialised one, as the official fine-tuning does."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a zero-initialised one, as the official fine-tuning does (0: no head,
+        the pooled features come out). `global_pool` is timm's argument; only average pooling exists."""
+        if global_pool not in (None, "", "avg", "token"):
+            raise ValueError(f"global_pool={global_pool!r}: these models pool one way (mean over tokens, or "
+                             "ViT's class token)")
         self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
-        ref = self.norm.weight
+        ref = next(self.parameters())  # the device and dtype of the model (its norm may be pruned)
         if num_classes > 0:
             self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             nn.init.zeros_(self.head.weight)

@@ -149,14 +149,30 @@ class MlpMixer(ClassifierBase):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _features_token_major(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The checked input through the stem: tokens in the blocks' layout, (S, B, C)."""
         check_input(
             x, self.config.in_chans, self.config.img_size,
-            hint="; mixerlab.resize_token_mixing(model, (H, W)) adapts a model to a new size",
+            hint="; model.set_input_size((H, W)) adapts a model to a new size",
         )
-        x = self.stem(x)
-        x = self._run_blocks(x)
-        return self.norm(x)  # (S, B, C)
+        return self.stem(x)
+
+    @staticmethod
+    def _to_nlc(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(0, 1)
+
+    def _features_token_major(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self._run_blocks(self._embed(x)))  # (S, B, C)
+
+    def set_input_size(self, img_size: int | tuple[int, int], method: str = "auto") -> None:
+        """Take images of `img_size` from now on, in place: the token-mixing weights are resized as
+        paper Appendix C does (`resize_token_mixing`: block-diagonal tiles for K times the grid,
+        `strided` or `interpolate` otherwise; `auto` picks tiles where K is a whole number)."""
+        from .resize import resize_token_mixing
+
+        new = resize_token_mixing(self, img_size, method=method)
+        self.config = new.config
+        self.blocks = new.blocks
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the final LayerNorm, (B, S, C)."""

@@ -21,7 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import to_2tuple
-from .mixer import MlpMixer
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def resize_token_mixing(
 ) -> nn.Module:
     """A copy of `model` that takes `img_size` images. `method`: "tiles", "strided", "interpolate",
     or "auto" (tiles when the new grid is an integer multiple of the old, interpolate otherwise)."""
-    if not isinstance(model, MlpMixer):
+    if getattr(getattr(model, "config", None), "arch", None) != "mixer" or not hasattr(model, "blocks"):
         raise TypeError(f"resize_token_mixing takes an MlpMixer, got {type(model).__name__}")
     cfg = model.config
     new_cfg = cfg.replace(img_size=to_2tuple(img_size))  # validates divisibility by the patch

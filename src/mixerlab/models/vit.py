@@ -92,13 +92,20 @@ class VisionTransformer(ClassifierBase):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final LayerNorm, class token first: (B, 1 + S, C)."""
+    num_prefix_tokens = 1  # the class token
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.config.in_chans, self.config.img_size)
         x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self._run_blocks(x)
-        return self.norm(x)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+    @staticmethod
+    def _to_nlc(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final LayerNorm, class token first: (B, 1 + S, C)."""
+        return self.norm(self._run_blocks(self._embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x[:, 0])

@@ -274,11 +274,17 @@ def check_fits_name(name: str, cfg: MixerConfig | ViTConfig, src: str, overrides
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None,
                  img_size: int | tuple[int, int] | None = None, resize_method: str = "auto",
-                 **overrides: Any) -> nn.Module:
+                 features_only: bool = False, out_indices=(0, 1, 2, 3, 4), **overrides: Any) -> nn.Module:
     """A registered model, e.g. `create_model("mixer_b16_224", num_classes=10, img_size=384)`.
 
     `pretrained` is any source `from_pretrained` accepts; its architecture must be the named one
-    (checked before the head or the resolution is changed)."""
+    (checked before the head or the resolution is changed). `features_only=True` returns, as timm
+    does, a module whose forward gives the outputs of blocks `out_indices` (NCHW maps)."""
+    if features_only:
+        from ..models.features import FeatureGetter
+
+        model = create_model(name, pretrained, num_classes, img_size, resize_method, **overrides)
+        return FeatureGetter(model, tuple(out_indices) if not isinstance(out_indices, int) else out_indices)
     if pretrained is None:
         sized = {} if img_size is None else {"img_size": img_size}
         counted = {} if num_classes is None else {"num_classes": num_classes}

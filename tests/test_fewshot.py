@@ -1,0 +1,94 @@
+"""The paper's few-shot linear evaluation against big_vision's own evaluator (../shared reference
+cases, made with its fewshot_lsr.py), and DINO's weighted kNN against a brute-force reference."""
+
+import numpy as np
+import pytest
+
+from mixerlab.features.fewshot import FewshotError, fewshot, subsets
+
+CASES = ["case_a_d64_c10", "case_b_d768_c5", "case_c_imbalanced_d32_c6"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fewshot_reproduces_big_vision(fewshot_dir, case):
+    ref = np.load(fewshot_dir / f"{case}.npz")
+    shots, seeds = [int(k) for k in ref["shots"]], len(ref["seeds"])
+    res = fewshot(ref["train_features"], ref["train_labels"], ref["test_features"], ref["test_labels"], shots=shots,
+                  seeds=seeds, l2_reg=float(ref["l2_reg"]), num_classes=int(ref["num_classes"]), details=True)
+    n_test = len(ref["test_labels"])
+    for i, k in enumerate(shots):
+        entry = res["shots"][str(k)]
+        for s in range(seeds):
+            run = entry["runs"][s]
+            n = int(ref["num_selected"][i, s])
+            np.testing.assert_array_equal(run["rows"], ref["train_indices"][i, s, :n])  # the same subsets
+            scores = ref["test_scores"][i, s]
+            np.testing.assert_allclose(run["scores"], scores, atol=1e-3)
+            top2 = np.sort(scores, 1)[:, -2:]
+            tie = (top2[:, 1] - top2[:, 0]) < 1e-4  # the README's near-ties may flip in float32
+            assert (run["pred"] == ref["pred_labels"][i, s])[~tie].all()
+            assert run["correct"] == int(ref["num_correct"][i, s]) or tie.any()
+        np.testing.assert_allclose(entry["accuracy"], ref["accuracy"][i], atol=1.5 / n_test)
+        assert entry["mean"] == pytest.approx(float(np.mean(entry["accuracy"])))
+    if case.startswith("case_c"):  # class 2 has 3 images, class 4 has 12: all of them, as big_vision
+        assert res["shots"]["25"]["train_images"] == [115, 115, 115]
+
+
+def test_subsets_are_nested_and_class_major():
+    labels = np.array([0, 1, 0, 1, 0, 1, 2])
+    s = subsets(labels, 4, (1, 2, 3), seed=0)  # class 3 has none, class 2 one
+    assert set(s[1]) <= set(s[2]) <= set(s[3])
+    assert list(labels[s[3]]) == [0, 0, 0, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("change,says", [
+    (dict(shots=(0, 5)), "shots must be at least 1"),
+    (dict(seeds=0), "seeds must be at least 1"),
+    (dict(train_features=np.full((4, 3), np.nan)), "training features: 4 row(s) hold NaN"),
+    (dict(test_features=np.zeros((2, 5))), "training features have 3 dimensions, test features 5"),
+    (dict(train_labels=np.array([0, 1, 2])), "training labels: expected 4 labels"),
+    (dict(train_features=np.zeros((0, 3)), train_labels=np.zeros(0, int)), "expected a non-empty N x D array"),
+    (dict(l2_reg=0), "l2_reg must be above 0"),
+])
+def test_fewshot_bad_input_is_one_message(change, says):
+    args = dict(train_features=np.random.default_rng(0).normal(size=(4, 3)), train_labels=np.array([0, 1, 0, 1]),
+                test_features=np.zeros((2, 3)), test_labels=np.array([0, 1]))
+    args.update(change)
+    with pytest.raises(FewshotError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        fewshot(**args)
+
+
+def test_a_class_without_training_images_is_never_predicted(caplog):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4))
+    y = np.array([0, 1] * 10)
+    res = fewshot(x, y, x, y, shots=(5,), seeds=1, num_classes=3, details=True)
+    assert 2 not in res["shots"]["5"]["runs"][0]["pred"] and "class(es) [2] have no training images" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- kNN
+def test_knn_matches_a_brute_force_reference():
+    from mixerlab.features.knn import knn, knn_reference
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(7, 16)) * 0.6
+    ytr, yte = rng.integers(0, 7, 300), rng.integers(0, 7, 90)
+    xtr = centres[ytr] + rng.normal(size=(300, 16))
+    xte = centres[yte] + rng.normal(size=(90, 16))
+    res = knn(xtr, ytr, xte, yte, ks=(1, 10, 20), num_classes=7, chunk=32)  # chunks of the test set
+    for k in (1, 10, 20):
+        top1, top5 = knn_reference(xtr, ytr, xte, yte, k, num_classes=7)
+        assert res["k"][str(k)]["top1"] == pytest.approx(top1) and res["k"][str(k)]["top5"] == pytest.approx(top5)
+    assert 0.3 < res["k"]["20"]["top1"] < 1  # separable enough to beat chance (1/7), not trivially
+
+
+def test_knn_answer_known_by_construction():
+    """Each test image is a scaled copy of one training image (cosine 1) of its class; the rest of the
+    training set points elsewhere: with k=1 every answer is right, whatever the scale."""
+    from mixerlab.features.knn import knn
+
+    eye = np.eye(6)
+    xtr, ytr = np.concatenate([eye, -eye]), np.array([0, 1, 2, 0, 1, 2, 2, 2, 2, 1, 1, 1])
+    xte, yte = eye[[0, 3, 4]] * [[5.0], [0.1], [2.0]], ytr[[0, 3, 4]]
+    res = knn(xtr, ytr, xte, yte, ks=(1,))
+    assert res["k"]["1"] == {"top1": 1.0, "top5": 1.0}

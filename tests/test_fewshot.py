@@ -92,3 +92,38 @@ def test_knn_answer_known_by_construction():
     xte, yte = eye[[0, 3, 4]] * [[5.0], [0.1], [2.0]], ytr[[0, 3, 4]]
     res = knn(xtr, ytr, xte, yte, ks=(1,))
     assert res["k"]["1"] == {"top1": 1.0, "top5": 1.0}
+
+
+# ------------------------------------------------------------------------------------- the command
+def test_fewshot_cli_on_a_folder_and_a_headless_model(tmp_path, capsys):
+    import json
+
+    import torch
+
+    import mixerlab
+    from mixerlab.cli import main as cli
+    from mixerlab.data.sources import load_dataset
+    from mixerlab.features.extract import extract_features
+
+    from .test_train import make_image_folder
+
+    root = make_image_folder(tmp_path / "shapes", n=8)
+    torch.manual_seed(0)
+    model = mixerlab.create_model("mixer_nano", img_size=16, in_chans=3, num_classes=0, patch_size=4)
+    model.save_pretrained(tmp_path / "m")
+    assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "1", "2", "20", "--seeds", "2",
+                "--knn", "--k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # the same numbers as the Python API on the same features
+    data = load_dataset(str(root), val_split=0)
+    m = mixerlab.from_pretrained(tmp_path / "m")
+    xtr, ytr = extract_features(m, data.train)
+    xte, yte = extract_features(m, data.val)
+    want = fewshot(xtr, ytr, xte, yte, shots=(1, 2, 20), seeds=2, num_classes=3)
+    assert res["shots"]["2"]["accuracy"] == pytest.approx(want["shots"]["2"]["accuracy"])
+    assert res["shots"]["20"]["train_images"] == [24, 24]  # 8 a class: all of them, as big_vision
+    assert set(res["knn"]["k"]) == {"3"} and res["test_split"] == "val"
+    assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "0"]) == 2
+    assert "shots must be at least 1" in capsys.readouterr().err
+    assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "1", "--seeds", "1"]) == 0
+    assert "mean +- std" in capsys.readouterr().out

@@ -6,6 +6,8 @@ models -> models.layers; `errors` and `io_utils` serve all of them. Nothing insi
 """
 
 from .errors import CheckpointError, ConfigError, DataError, MixerlabError, TrainingError
+from .features.fewshot import fewshot
+from .features.knn import knn
 from .models.config import MixerConfig, ViTConfig, config_from_dict
 from .models.flops import count_flops, count_macs, count_params
 from .models.mixer import MlpMixer
@@ -36,8 +38,10 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "fewshot",
     "from_pretrained",
     "get_config",
+    "knn",
     "list_models",
     "model_from_config",
     "optimize_for_inference",

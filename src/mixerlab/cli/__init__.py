@@ -13,6 +13,7 @@ from .bench import add_bench, run_bench
 from .common import positive_int
 from .data import add_data, run_data
 from .export import add_export, run_export
+from .features import add_fewshot, run_fewshot
 from .inference import add_eval, add_predict, run_eval, run_predict
 from .models import add_convert, add_info, run_convert, run_info
 from .serve import add_serve, run_serve
@@ -29,6 +30,8 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("data", "pack an image folder into WebDataset shards for streaming", add_data, run_data),
     ("eval", "top-1/top-5, per-class accuracy and a confusion matrix", add_eval, run_eval),
     ("predict", "classify image files", add_predict, run_predict),
+    ("fewshot", "the paper's few-shot linear evaluation (and DINO's kNN) of a model's features, no head trained",
+     add_fewshot, run_fewshot),
     ("export", "write an ONNX (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",
      add_export, run_export),
     ("serve", "an HTTP inference server with dynamic batching (FastAPI on uvicorn, or Ray Serve)",
@@ -39,7 +42,8 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
 ]
 
 
-COMPUTING = ("train", "eval", "predict", "export", "serve", "viz", "bench", "convert")  # set threads for these
+# the commands that compute: --threads is set for them
+COMPUTING = ("train", "eval", "predict", "fewshot", "export", "serve", "viz", "bench", "convert")
 
 
 def _version() -> str:

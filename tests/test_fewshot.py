@@ -125,5 +125,23 @@ def test_fewshot_cli_on_a_folder_and_a_headless_model(tmp_path, capsys):
     assert set(res["knn"]["k"]) == {"3"} and res["test_split"] == "val"
     assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "0"]) == 2
     assert "shots must be at least 1" in capsys.readouterr().err
-    assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "1", "--seeds", "1"]) == 0
-    assert "mean +- std" in capsys.readouterr().out
+    assert cli(["fewshot", str(tmp_path / "m"), "--data", str(root), "--shots", "1", "--seeds", "1", "--probe"]) == 0
+    out = capsys.readouterr().out
+    assert "mean +- std" in out and "linear probe (L-BFGS" in out
+
+
+# ------------------------------------------------------------------------------------- linear probe
+def test_linear_probe_chooses_its_penalty_on_training_features_and_beats_chance():
+    from mixerlab.features.probe import linear_probe
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 10))
+    ytr, yte = rng.integers(0, 4, 400), rng.integers(0, 4, 200)
+    xtr, xte = centres[ytr] + rng.normal(size=(400, 10)), centres[yte] + rng.normal(size=(200, 10))
+    res = linear_probe(xtr, ytr, xte, yte, l2_grid=(1e-4, 1e-2, 10.0))
+    assert set(res["val_top1"]) == {"0.0001", "0.01", "10.0"} and res["l2"] in (1e-4, 1e-2, 10.0)
+    assert res["val_top1"][str(res["l2"])] == max(res["val_top1"].values())
+    # the Bayes rule of these Gaussians, for scale: the probe gets close to it
+    d = ((xte[:, None, :] - centres[None]) ** 2).sum(-1)
+    bayes = float((d.argmin(1) == yte).mean())
+    assert res["top1"] > bayes - 0.05 and res["top1"] > 0.5

@@ -18,6 +18,9 @@ def add_fewshot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l2", type=float, default=1024.0, help="ridge penalty, big_vision's l2_reg (default 1024)")
     p.add_argument("--knn", action="store_true", help="also DINO's weighted kNN on all the training features")
     p.add_argument("--k", type=int, nargs="+", default=[10, 20, 100, 200], help="neighbours for --knn")
+    p.add_argument("--probe", action="store_true",
+                   help="also a linear probe (logistic regression by L-BFGS on all the training features, its L2 "
+                        "penalty chosen on a fifth of them)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -54,6 +57,10 @@ def run_fewshot(args: argparse.Namespace) -> int:
     res.update(source=str(args.src), data=args.data, test_split=test_name)
     if args.knn:
         res["knn"] = knn(xtr, ytr, xte, yte, ks=args.k, num_classes=data.num_classes)
+    if args.probe:
+        from ..features.probe import linear_probe
+
+        res["probe"] = linear_probe(xtr, ytr, xte, yte, num_classes=data.num_classes)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -67,4 +74,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
         print(f"weighted kNN (DINO, T 0.07) over {len(ytr):,} training images:")
         for k, e in res["knn"]["k"].items():
             print(f"  k {k:>4}: top-1 {100 * e['top1']:.2f}%  top-5 {100 * e['top5']:.2f}%")
+    if args.probe:
+        print(f"linear probe (L-BFGS, l2 {res['probe']['l2']:g} chosen on a fifth of the training features): "
+              f"top-1 {100 * res['probe']['top1']:.2f}%")
     return 0

@@ -145,3 +145,48 @@ def test_linear_probe_chooses_its_penalty_on_training_features_and_beats_chance(
     d = ((xte[:, None, :] - centres[None]) ** 2).sum(-1)
     bayes = float((d.argmin(1) == yte).mean())
     assert res["top1"] > bayes - 0.05 and res["top1"] > 0.5
+
+
+# -------------------------------------------------------------------------------------------- embed
+def test_embed_writes_safetensors_and_an_index_and_resumes_to_the_same_bytes(tmp_path, capsys):
+    import json
+
+    import torch
+    from safetensors.numpy import load_file
+
+    import mixerlab
+    from mixerlab.cli import main as cli
+    from mixerlab.data.sources import load_dataset
+    from mixerlab.features.embed import embed
+    from mixerlab.features.extract import extract_features
+
+    from .test_train import make_image_folder
+
+    root = make_image_folder(tmp_path / "shapes", n=10)
+    torch.manual_seed(0)
+    mixerlab.create_model("mixer_nano", img_size=16, in_chans=3, num_classes=3, patch_size=4).save_pretrained(
+        tmp_path / "m")
+    assert cli(["embed", str(tmp_path / "m"), "--data", str(root), "--out", str(tmp_path / "e"), "--batch-size",
+                "7", "--workers", "0"]) == 0
+    assert "wrote 45 rows of 128 features (train, val)" in capsys.readouterr().out
+    t = load_file(str(tmp_path / "e" / "features.safetensors"))
+    rows = [json.loads(x) for x in (tmp_path / "e" / "index.jsonl").read_text().splitlines()]
+    assert t["features"].shape == (45, 128) and t["features"].dtype == np.float32 and len(rows) == 45
+    assert [r["split"] for r in rows] == ["train"] * 30 + ["val"] * 15 and (t["split"] == [0] * 30 + [1] * 15).all()
+    assert all(__import__("pathlib").Path(r["path"]).is_file() for r in rows)
+    assert list(t["labels"]) == [r["label"] for r in rows]
+    model = mixerlab.from_pretrained(tmp_path / "m")
+    data = load_dataset(str(root), val_split=0, stream=True, workers=0)
+    xtr, ytr = extract_features(model, data.train)
+    np.testing.assert_allclose(t["features"][:30], xtr, rtol=0, atol=1e-5)
+    assert not (tmp_path / "e" / "embed_state.json").exists() and not (tmp_path / "e" / "features.part").exists()
+    # killed after two batches, then run again: the same bytes as the uninterrupted run
+    assert embed(model, data, tmp_path / "k", batch_size=7, progress=False, stop_after_batches=2)["stopped"]
+    assert (tmp_path / "k" / "embed_state.json").is_file() and not (tmp_path / "k" / "features.safetensors").exists()
+    with pytest.raises(mixerlab.MixerlabError, match="unfinished embedding of other settings"):
+        embed(model, data, tmp_path / "k", batch_size=5, progress=False)
+    embed(model, data, tmp_path / "k", batch_size=7, progress=False)
+    for f in ("features.safetensors", "index.jsonl"):
+        assert (tmp_path / "k" / f).read_bytes() == (tmp_path / "e" / f).read_bytes(), f
+    with pytest.raises(mixerlab.MixerlabError, match="holds a finished embedding"):
+        embed(model, data, tmp_path / "k", batch_size=7, progress=False)

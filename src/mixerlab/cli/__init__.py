@@ -13,7 +13,7 @@ from .bench import add_bench, run_bench
 from .common import positive_int
 from .data import add_data, run_data
 from .export import add_export, run_export
-from .features import add_fewshot, run_fewshot
+from .features import add_embed, add_fewshot, run_embed, run_fewshot
 from .inference import add_eval, add_predict, run_eval, run_predict
 from .models import add_convert, add_info, run_convert, run_info
 from .serve import add_serve, run_serve
@@ -32,6 +32,8 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("predict", "classify image files", add_predict, run_predict),
     ("fewshot", "the paper's few-shot linear evaluation (and DINO's kNN) of a model's features, no head trained",
      add_fewshot, run_fewshot),
+    ("embed", "write the pre-logit features of every image of a dataset (safetensors + index.jsonl)", add_embed,
+     run_embed),
     ("export", "write an ONNX (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",
      add_export, run_export),
     ("serve", "an HTTP inference server with dynamic batching (FastAPI on uvicorn, or Ray Serve)",
@@ -43,7 +45,7 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
 
 
 # the commands that compute: --threads is set for them
-COMPUTING = ("train", "eval", "predict", "fewshot", "export", "serve", "viz", "bench", "convert")
+COMPUTING = ("train", "eval", "predict", "fewshot", "embed", "export", "serve", "viz", "bench", "convert")
 
 
 def _version() -> str:

@@ -78,3 +78,38 @@ def run_fewshot(args: argparse.Namespace) -> int:
         print(f"linear probe (L-BFGS, l2 {res['probe']['l2']:g} chosen on a fifth of the training features): "
               f"top-1 {100 * res['probe']['top1']:.2f}%")
     return 0
+
+
+def add_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run folder, checkpoint, official .npz or anything from_pretrained reads")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name, ImageFolder path or WebDataset shards")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", required=True, help="folder for features.safetensors and index.jsonl (a killed run "
+                                                "continues there)")
+    p.add_argument("--splits", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="default: every split the data has")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (folders are streamed)")
+    p.add_argument("--device", default="auto")
+    add_preprocess(p)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from ..data.sources import load_dataset
+    from ..errors import DataError
+    from ..features.embed import embed
+    from ..perf.runtime import pick_device
+
+    model = load_for_inference(args.src, args)
+    if not hasattr(model, "forward_features"):
+        raise DataError(f"{args.src}: an exported file gives logits only; embed needs the model itself")
+    # folders are streamed: memory stays flat on any size, and each row keeps its file's path
+    stream = None if args.data in ("fashion-mnist", "mnist", "cifar10", "cifar100") else True
+    data = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size), val_split=0,
+                        stream=stream, workers=args.workers)
+    res = embed(model, data, args.out, tuple(args.splits) if args.splits else None, args.batch_size,
+                pick_device(args.device), args.dtype)
+    print(f"wrote {res['rows']:,} rows of {res['dim']} features ({', '.join(res['splits'])}) to {res['file']} "
+          f"and {args.out}/index.jsonl")
+    return 0

@@ -81,6 +81,25 @@ def flat_memory(out: Path, sizes: list[int], eval_batch: int) -> dict:
     return res
 
 
+def embed_memory(out: Path, sizes: list[int]) -> dict:
+    """Peak PSS of `mixerlab embed` (mixer_nano, P=16, 128 px, one decoding worker) against the folder's
+    size: the features go to disk batch by batch, so it should not grow with the folder."""
+    import mixerlab
+
+    model_dir = out / "embed-model"
+    mixerlab.create_model("mixer_nano", img_size=128, in_chans=3, patch_size=16).save_pretrained(model_dir)
+    res = {}
+    for n in sizes:
+        folder = make_flat_folder(out / f"flat{n}", n)
+        dest = out / f"embed{n}"
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
+        cmd = [sys.executable, "-m", "mixerlab", "embed", str(model_dir), "--data", str(folder), "--out", str(dest),
+               "--workers", "1", "--batch-size", "128"]
+        res[n], _ = peak_rss_of(cmd)
+        print(f"{n:>6} images of 128 px, mixerlab embed: peak memory (PSS) {res[n]:,.0f} MB")
+    return res
+
+
 def decode_rate(root: Path, n: int = 400) -> float:
     """Images/s one process decodes and augments (the work of one worker) at 224 px."""
     items = [(p, 0) for p in sorted((root / "train").rglob("*.jpg"))[:n]]
@@ -134,8 +153,18 @@ def main() -> None:
     ap.add_argument("--flat", type=int, nargs="*", metavar="N",
                     help="only the flat-memory check on one folder of N 128 px images each (default 2000 20000)")
     ap.add_argument("--eval-batch", type=int, default=100, help="with --flat: the evaluation batch")
+    ap.add_argument("--embed", type=int, nargs="*", metavar="N",
+                    help="only the flat-memory check of mixerlab embed on folders of N images (default 2000 20000)")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.embed is not None:
+        sizes = args.embed or [2000, 20000]
+        res = {"machine": machine_info(), "peak_pss_mb": embed_memory(out, sizes)}
+        peak = res["peak_pss_mb"]
+        print(f"ratio of the largest to the smallest: {peak[sizes[-1]] / peak[sizes[0]]:.2f}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "embed.json").write_text(json.dumps(res, indent=2))
+        return
     if args.flat is not None:
         sizes = args.flat or [2000, 20000]
         res = {"machine": machine_info(), "eval_batch": args.eval_batch,

@@ -435,3 +435,12 @@ def test_val_split_0_keeps_the_last_epoch_and_scores_test(tmp_path):
     assert summary["selected_on"] == "last epoch" and summary["best_epoch"] == 2 and "val_top1" not in summary
     assert summary["test_top1"] == pytest.approx(rows[-1]["test_top1"])
     assert "nothing was chosen" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_single_folder_with_val_split_0_is_all_training_data_and_a_run_on_it_is_refused(tmp_path):
+    root = make_image_folder(tmp_path / "flat", n=6, split=False)
+    ds = load_dataset(str(root), val_split=0)
+    assert len(ds.train) == 18 and ds.val is None
+    with pytest.raises(TrainingError, match="--val-split 0 leaves no images to score the epochs on"):
+        train(tiny_cfg(tmp_path, root, val_split=0))
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing

@@ -42,8 +42,11 @@ def run_fewshot(args: argparse.Namespace) -> int:
     if not hasattr(model, "forward_features"):
         raise DataError(f"{args.src}: an exported file gives logits only; few-shot needs the model's features "
                         "(give the run folder or checkpoint)")
-    # every training image is a candidate for the k-shot subsets: nothing is held out
-    data = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size), val_split=0)
+    # a built-in set's training images are all candidates for the k-shot subsets (its test images are
+    # the test); a single folder holds out 10% as the test, as training would
+    builtin = args.data in ("fashion-mnist", "mnist", "cifar10", "cifar100")
+    data = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size),
+                        val_split=0 if builtin else 0.1)
     test_name, test = ("test", data.test) if getattr(data, "test", None) is not None else ("val", data.val)
     if test is None or len(test) == 0 or len(data.train) == 0:
         raise DataError(f"{args.data}: few-shot needs training images and test (or val) images")

@@ -122,8 +122,10 @@ def _split_items(root: Path, val_split: float, seed: int) -> tuple[list[str], li
                             f"(only in train: {only_t}; only in {val_dir.name}: {only_v})")
         return classes, train_items, val_items
     classes, items = _list_images(root)
-    if not 0 < val_split < 1:
+    if not 0 <= val_split < 1:
         raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
+    if val_split == 0:  # everything is training data (embed, or a run that says it scores nothing)
+        return classes, items, []
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(len(items) * val_split)))
     return classes, [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
@@ -176,11 +178,11 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
             size = (STREAM_DEFAULT_SIZE, STREAM_DEFAULT_SIZE)
         return _streamed(root, classes, train_items, val_items, size, channels, workers)
     train_items, train_infos = _survey(train_items, strict)
-    val_items, val_infos = _survey(val_items, strict)
+    val_items, val_infos = _survey(val_items, strict) if val_items else ([], [])
     size, channels = choose_shape(train_infos, img_size)
     log.info(_describe(root, train_infos + val_infos, size, channels, img_size is not None))
     train = _decode(train_items, size, channels, strict)
-    val = _decode(val_items, size, channels, strict)
+    val = _decode(val_items, size, channels, strict) if val_items else None
     return Dataset(root.name, train, val, classes)
 
 
@@ -191,4 +193,5 @@ def _streamed(root: Path, classes: list[str], train_items: list, val_items: list
              root, f"{len(train_items):,}", f"{len(val_items):,}", size[0], size[1],
              "grey" if channels == 1 else "RGB", workers)
     return StreamDataset(root.name, FolderStream(train_items, channels, size, workers),
-                         FolderStream(val_items, channels, size, workers), classes, tuple(size), channels)
+                         FolderStream(val_items, channels, size, workers) if val_items else None, classes,
+                         tuple(size), channels)

@@ -94,6 +94,9 @@ class Run:
         budget = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
         self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict, stream=cfg.stream,
                                  workers=cfg.workers, val_data=cfg.val_data, budget_bytes=budget)
+        if self.data.val is None and getattr(self.data, "test", None) is None:
+            raise TrainingError(f"{cfg.data}: --val-split 0 leaves no images to score the epochs on (a folder "
+                                "without val/); give --val-split 0.1, or val/ and train/ folders")
         self.model = build_model(cfg, self.data).to(self.device)
         self.ddp = self.model  # what the step calls: the DDP wrapper under torchrun
         if ctx.world_size > 1:

@@ -116,6 +116,7 @@ class StreamDataset:
     img_size: tuple[int, int]
     in_chans: int
     mirror_invariant: bool | None = None
+    test: Any = None  # folders and shards have none: their val is what they have
     streaming = True
 
     @property

@@ -1,9 +1,9 @@
 """`mixerlab train --processes N`: N training processes on this machine without torchrun.
 
 The same environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT), so
-the trainer runs exactly as under torchrun. What differs is the stop: Ctrl-C reaches every worker from
-the terminal, each saves and leaves, and this parent says in one line how to continue instead of
-torchrun's traceback of its own SignalException.
+the trainer runs exactly as under torchrun. What differs is the stop: Ctrl-C reaches this parent, which
+passes it to every worker once; each saves and leaves, and the parent says in one line how to
+continue instead of torchrun's traceback of its own SignalException.
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ def launch(processes: int, argv: list[str]) -> int:
     env = {**os.environ, "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), LAUNCHED: str(processes)}
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
-    workers = [subprocess.Popen([sys.executable, "-m", "mixerlab", *argv],
+    # The workers run in a session of their own, so that a Ctrl-C reaches them once, from here: in the
+    # terminal's process group they would get it twice (the terminal's and ours), and a second signal
+    # means "leave now" to the trainer.
+    workers = [subprocess.Popen([sys.executable, "-m", "mixerlab", *argv], start_new_session=True,
                                 env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(processes)]
-    stopping = {"n": 0}
 
-    def forward(signum, frame):  # the terminal sends Ctrl-C to the workers itself; a kill reaches only us
-        stopping["n"] += 1
+    def forward(signum, frame):
         for w in workers:
             if w.poll() is None:
                 w.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         codes = _wait(workers)
     finally:

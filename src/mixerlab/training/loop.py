@@ -340,12 +340,15 @@ def train(cfg: TrainConfig | None = None, resume: str | None = None, stop_after_
 
 def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: dist_utils.DistContext,
            stop_after_steps: int | None) -> dict[str, Any]:
-    run = Run(cfg, run_dir, ctx)
-    if ckpt is not None:
-        run.load_state_dict(ckpt)
-    run.write_config()
     stopped = False
+    # From the start: a Ctrl-C while the data loads reaches every process of a launch at once, and each
+    # must stop at the same step (after the first), not some at once and some later (a second Ctrl-C
+    # still leaves at once).
     with StopFlag(stop_after_steps) as stop:
+        run = Run(cfg, run_dir, ctx)
+        if ckpt is not None:
+            run.load_state_dict(ckpt)
+        run.write_config()
         for epoch in range(run.progress.epoch, run.cfg.epochs):
             stats = train_epoch(run, epoch, stop)
             if stats is None:

@@ -10,24 +10,24 @@ FEWSHOT_DIR = OFFICIAL_DIR.parent / "fewshot_bigvision"
 OFFICIAL_CASES = ["tiny_p4", "small_p8_gray", "tiny_p16_224", "tiny_nohead", "tiny_p4_lecun"]
 
 
-@pytest.fixture(scope="session")
-def official_dir() -> Path:
-    d = Path(os.environ.get("MIXERLAB_OFFICIAL_TESTDATA", OFFICIAL_DIR))
+def _testdata(env: str, default: Path, what: str) -> Path:
+    """A folder of ../shared reference data: required in CI, a skip elsewhere when it is absent."""
+    d = Path(os.environ.get(env, default))
     if not d.is_dir():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"reference vectors missing: {d} (they must be present in CI)")
-        pytest.skip(f"reference vectors not found at {d}")
+            pytest.fail(f"{what} missing: {d} (they must be present in CI)")
+        pytest.skip(f"{what} not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    return _testdata("MIXERLAB_OFFICIAL_TESTDATA", OFFICIAL_DIR, "reference vectors")
 
 
 @pytest.fixture(scope="session")
 def fewshot_dir() -> Path:
-    d = Path(os.environ.get("MIXERLAB_FEWSHOT_TESTDATA", FEWSHOT_DIR))
-    if not d.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"big_vision few-shot reference cases missing: {d} (they must be present in CI)")
-        pytest.skip(f"big_vision few-shot reference cases not found at {d}")
-    return d
+    return _testdata("MIXERLAB_FEWSHOT_TESTDATA", FEWSHOT_DIR, "big_vision few-shot reference cases")
 
 
 def load_case(official_dir: Path, case: str):

@@ -119,20 +119,9 @@ def plot_hardest(images, hardest: list[dict[str, Any]], classes: list[str], path
     what evaluate(hardest=N) returned under "hardest" and "hardest_images" (uint8 (C, H, W) each)."""
     if not hardest:
         return None
-    plt = _plt()
-    cols = min(8, len(hardest))
-    rows = (len(hardest) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.2 + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, h, image in zip(axes.flat, hardest, images):
-        im = image.permute(1, 2, 0).numpy()
-        ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None)
-        ax.set_title(f"{classes[h['true']]}\n-> {classes[h['predicted']]} {100 * h['confidence']:.0f}%", fontsize=7)
-    fig.suptitle("most confident mistakes: true -> predicted (confidence)", fontsize=9)
-    fig.tight_layout(h_pad=1.5)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    titles = [(f"{classes[h['true']]}\n-> {classes[h['predicted']]} {100 * h['confidence']:.0f}%", "black")
+              for h in hardest]
+    _image_grid(images, titles, "most confident mistakes: true -> predicted (confidence)", path, 2.2, 1.5)
     return path
 
 
@@ -240,19 +229,26 @@ def add_evaluation(doc: Document, ev: dict[str, Any], classes: list[str], folder
 def plot_samples(images, labels: list[int], predicted: list[int], confidence: list[float], classes: list[str],
                  path: Path, title: str) -> Path:
     """The first images of a split with the model's answer: green when right, red when wrong."""
+    titles = [(f"{classes[p]} {100 * c:.0f}%" + ("" if p == y else f"\n(is {classes[y]})"),
+               "green" if p == y else "red") for y, p, c in zip(labels, predicted, confidence)]
+    return _image_grid(images, titles, title, path, 2.0, 1.2)
+
+
+def _image_grid(images, titles: list[tuple[str, str]], suptitle: str, path: Path, row_height: float,
+                h_pad: float) -> Path:
+    """uint8 (C, H, W) images in rows of up to 8, each under its (title, colour)."""
     plt = _plt()
-    cols = min(8, len(images))
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.0 + 0.4), squeeze=False)
+    cols = min(8, len(titles))
+    rows = (len(titles) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * row_height + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, image, y, p, c in zip(axes.flat, images, labels, predicted, confidence):
+    for ax, image, (text, colour) in zip(axes.flat, images, titles):
         im = image.permute(1, 2, 0).numpy()
         ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None)
-        ax.set_title(f"{classes[p]} {100 * c:.0f}%" + ("" if p == y else f"\n(is {classes[y]})"), fontsize=7,
-                     color="green" if p == y else "red")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(h_pad=1.2)
+        ax.set_title(text, fontsize=7, color=colour)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout(h_pad=h_pad)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

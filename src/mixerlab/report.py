@@ -15,6 +15,9 @@ def _plt():
     return plt
 
 
+STEP_FIELDS = ("step", "loss", "train_top1", "lr")  # a line of steps.jsonl; the trainer keeps rows in this order
+
+
 def _epoch_split(metrics: list[dict[str, Any]]) -> str:
     """What the epochs were scored on: "val", or "test" for a run with no validation split."""
     return "val" if not metrics or "val_top1" in metrics[0] else "test"

@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..evaluate import evaluate
 from ..io_utils import atomic_write_json
 from ..models.flops import count_params
-from ..report import plot_confusion, plot_curves, plot_hardest, plot_samples, write_report
+from ..report import STEP_FIELDS, plot_confusion, plot_curves, plot_hardest, plot_samples, write_report
 from ..viz.figures import token_mixing_figure
 from .checkpoint import load_checkpoint
 
@@ -53,7 +53,7 @@ def finish_run(run: Any) -> dict[str, Any]:
     plot_confusion(final["confusion"], run.data.classes, run.run_dir / "confusion.png",
                    f"confusion matrix of {label} on the {split_name} images (rows: true class)")
     atomic_write_json(run.run_dir / "final_eval.json", {**final, "split": split_name, "model": label})
-    plot_curves(p.metrics, run.run_dir, [dict(zip(("step", "loss", "train_top1", "lr"), r)) for r in p.steps])
+    plot_curves(p.metrics, run.run_dir, [dict(zip(STEP_FIELDS, r)) for r in p.steps])
     _samples(kept, split, run, run.run_dir / "samples.png", f"the first {split_name} images: {label}'s answer")
     if run.model.config.arch == "mixer":
         token_mixing_figure(kept, 0, run.run_dir)

@@ -29,6 +29,7 @@ from ..io_utils import atomic_write_bytes, atomic_write_json
 from ..models.flops import count_params
 from ..perf.runtime import pick_precision
 from ..perf.threads import StepWatch
+from ..report import STEP_FIELDS
 from . import auto
 from . import distributed as dist_utils
 from .checkpoint import link_latest, open_run, remove_unstarted, resume_command, save_checkpoint
@@ -53,7 +54,7 @@ class Progress:
     best_eval: dict[str, Any] | None = None
     train_time_s: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[list[float]] = field(default_factory=list)  # [step, loss, train top-1, lr] of rank 0's batches
+    steps: list[list[float]] = field(default_factory=list)  # report.STEP_FIELDS of each of rank 0's steps
     # running sums of the current epoch, so that an epoch resumed in the middle reports all its steps
     epoch_loss_sum: float = 0.0
     epoch_grad_norm_sum: float = 0.0
@@ -293,9 +294,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
              m["train_loss"], name, ev["loss"], 100 * ev["top1"], 100 * ev["top5"], m["images_per_s"])
     # rewritten whole (and atomically): a resume never duplicates a line, a crash never cuts one
     atomic_write_bytes(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.metrics).encode())
-    keys = ("step", "loss", "train_top1", "lr")
     atomic_write_bytes(run.run_dir / "steps.jsonl",
-                       "".join(json.dumps(dict(zip(keys, r))) + "\n" for r in p.steps).encode())
+                       "".join(json.dumps(dict(zip(STEP_FIELDS, r))) + "\n" for r in p.steps).encode())
     if improved:
         save_checkpoint(run.run_dir / "best.pt", {
             "config": run.model.config.to_dict(), "class_names": run.data.classes,

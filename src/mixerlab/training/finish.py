@@ -36,12 +36,11 @@ def finish_run(run: Any) -> dict[str, Any]:
     if name == "val":
         summary.update(val_top1=best["top1"], val_top5=best["top5"],
                        final_val_top1=p.metrics[-1]["val_top1"] if p.metrics else None)
-    kept = _kept_model(run)
-    label = f"best.pt (epoch {p.best_epoch})"
-    split_name, split = ("test", run.data.test) if run.data.test is not None else ("val", run.data.val)
-    if split_name == "val":
+    if run.data.test is not None:  # a built-in set: the model best.pt holds, on the test images
+        split_name, split, kept, label = "test", run.data.test, _kept_model(run), f"best.pt (epoch {p.best_epoch})"
+    else:  # a folder or shards: what the final model gets wrong on the validation images
+        split_name, split, kept = "val", run.data.val, run.eval_model
         label = f"the final model (epoch {len(p.metrics)})"
-        kept = run.eval_model
     log.info("scoring %s on the %s split (%s images)", label, split_name, f"{len(split):,}")
     final = evaluate(kept, split, run.data.num_classes, run.device, run.cfg.eval_batch_size, run.precision,
                      progress=not run.cfg.quiet, hardest=16)

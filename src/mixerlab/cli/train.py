@@ -143,6 +143,5 @@ def _launch(args: argparse.Namespace) -> int:
         argv.append(a)
     code = launch(args.processes, argv)
     if code == STOPPED:
-        os.environ[LAUNCHED] = str(args.processes)
-        print(f"stopped; resume with: {resume_command(Path(out), args.processes)}")
+        print(f"stopped; resume with: {resume_command(Path(out), args.processes, launched=True)}")
     return code

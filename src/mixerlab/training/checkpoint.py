@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError, TrainingError
 from ..io_utils import atomic_write
 from .config import RESUMABLE, TrainConfig
+from .launch import LAUNCHED
 
 CHECKPOINT_FORMAT = "mixerlab-train-v1"
 RUNS = Path("runs")  # where runs without --out get a folder each
@@ -117,14 +118,17 @@ def check_writable_dir(run_dir: Path) -> None:
         raise TrainingError(f"--out {run_dir}: cannot write there ({e.strerror or e}); choose another --out") from None
 
 
-def resume_command(run_dir: Path, world: int) -> str:
+def resume_command(run_dir: Path, world: int, launched: bool | None = None) -> str:
     """The command that continues a stopped run: the same launcher, with --resume; or the command that
-    started it, when that says (`make demo` sets MIXERLAB_RESUME_COMMAND)."""
+    started it, when that says (`make demo` sets MIXERLAB_RESUME_COMMAND). `launched`: started by
+    `mixerlab train --processes N` (default: as the launcher's workers are told in their environment)."""
     if os.environ.get("MIXERLAB_RESUME_COMMAND"):
         return os.environ["MIXERLAB_RESUME_COMMAND"]
+    if launched is None:
+        launched = bool(os.environ.get(LAUNCHED))
     if world == 1:
         how = "mixerlab train"
-    elif os.environ.get("MIXERLAB_PROCESSES"):  # started by `mixerlab train --processes N`
+    elif launched:
         how = f"mixerlab train --processes {world}"
     else:
         how = f"torchrun --nproc_per_node {world} -m mixerlab train"

@@ -20,6 +20,7 @@ from ..models.flops import count_flops
 from ..models.registry import create_model
 from ..training.optim import make_fused
 from .gemm import SHAPES, gemm_rates
+from .threads import load_phrase
 from .timing import UNSTEADY, machine_info, time_call, time_call_spread
 
 
@@ -84,8 +85,7 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
                         ("vit_b16_224", "mixerlab"), ("mixer_b16_224", "timm"), ("vit_base_patch16_224", "timm")]
     results: dict[str, Any] = {"machine": machine_info(), "batch": batch, "inference": [], "scaling": [], "gemm": {}}
     m = results["machine"]
-    load = "unknown" if m["load_average"] is None else f"{m['load_average']:.1f}"
-    log(f"{m['cpu']}, {m['threads']} thread(s), load average {load} on {m['usable_cores']} core(s)")
+    log(f"{m['cpu']}, {m['threads']} thread(s), {load_phrase(m['load_average'], m['usable_cores'])}")
     try:
         _measure(results, dev, cores, timing, batch, quick, models, resolutions, scale_models, precisions, log,
                  optimized)
@@ -164,9 +164,8 @@ def save_results(out_dir: Path, stem: str, results: dict[str, Any], markdown: Ca
 
 def to_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    load = "unknown" if m.get("load_average") is None else f"{m['load_average']:.1f}"
-    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}; load "
-             f"average {load} on {m.get('usable_cores', m['cores'])} core(s).", ""]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}; "
+             f"{load_phrase(m.get('load_average'), m.get('usable_cores', m['cores']))}.", ""]
     if results.get("interrupted"):
         lines += ["Interrupted (Ctrl-C): only what was measured before it is below.", ""]
     for prec, g in results.get("gemm", {}).items():

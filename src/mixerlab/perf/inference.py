@@ -208,12 +208,10 @@ def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.de
     note = f"{best}: {times['eager'] / times[best]:.2f}x eager" + (f" (also measured: {others})" if others else "")
     worst = max(spread(s) for s in samples.values())
     if worst > UNSTEADY:
-        from .threads import load_average, usable_cores
+        from .threads import load_average, load_phrase, usable_cores
 
-        load = load_average()
-        why = (f"unreliable: a time varied {worst:.1f}x between rounds, load average "
-               f"{'unknown' if load is None else f'{load:.1f}'} on {usable_cores()} core(s); other jobs were "
-               "likely using the cores")
+        why = (f"unreliable: a time varied {worst:.1f}x between rounds, {load_phrase(load_average(), usable_cores())}; "
+               "other jobs were likely using the cores")
         log.warning("optimize_for_inference: %s: %s", note, why)
         note += f" ({why})"
     return candidates[best], note

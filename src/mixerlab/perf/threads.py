@@ -64,6 +64,11 @@ def load_average() -> float | None:
         return None
 
 
+def load_phrase(load: float | None, cores: int) -> str:
+    """"load average 1.2 on 2 core(s)", as benchmarks record the load they ran under."""
+    return f"load average {'unknown' if load is None else f'{load:.1f}'} on {cores} core(s)"
+
+
 def busy_warning(threads: int) -> str | None:
     """A warning when other work is running on this process's cores, else None."""
     load, cores = load_average(), usable_cores()

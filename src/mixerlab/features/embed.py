@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from ..data.datasets import Split
 from ..data.stream import FolderStream
-from ..data.transforms import prepare
 from ..errors import MixerlabError
 from ..io_utils import atomic_write_bytes, atomic_write_json
+from .extract import pre_logits
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def embed(model: torch.nn.Module, data: Any, out: str | Path, splits: tuple[str,
                 for e in errors:
                     log.warning("skipped: %s", e)
                 if len(images):
-                    f = model.forward_head(model.forward_features(prepare(images, model, device)), pre_logits=True)
+                    f = pre_logits(model, images, device)
                     fp.write(f.float().cpu().numpy().astype(np_dtype).tobytes())
                     offset = 0 if skip else start
                     fi.write("".join(json.dumps({"path": _row_name(split, name, data.name, int(i) + offset),

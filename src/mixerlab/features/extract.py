@@ -12,6 +12,11 @@ from ..data.transforms import prepare
 from ..perf.runtime import autocast
 
 
+def pre_logits(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The features the head reads, of a uint8 batch, after the model's own preprocessing."""
+    return model.forward_head(model.forward_features(prepare(images, model, device)), pre_logits=True)
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, split, device: torch.device | str = "cpu", batch_size: int = 256,
                      precision: str = "fp32", progress: bool = False, desc: str = "features"
@@ -29,7 +34,7 @@ def extract_features(model: nn.Module, split, device: torch.device | str = "cpu"
         if len(images) == 0:
             continue
         with autocast(device, precision):
-            f = model.forward_head(model.forward_features(prepare(images, model, device)), pre_logits=True)
+            f = pre_logits(model, images, device)
         feats.append(f.float().cpu().numpy())
         labels.append(np.asarray(y, dtype=np.int64))
     model.train(was_training)

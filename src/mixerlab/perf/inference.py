@@ -207,7 +207,7 @@ def _fastest(candidates: dict[str, Any], example: torch.Tensor, device: torch.de
     others = ", ".join(f"{n} {times['eager'] / t:.2f}x" for n, t in times.items() if n not in (best, "eager"))
     note = f"{best}: {times['eager'] / times[best]:.2f}x eager" + (f" (also measured: {others})" if others else "")
     worst = max(spread(s) for s in samples.values())
-    if worst > UNSTEADY:
+    if worst > UNSTEADY and len(samples) > 1:  # a lone candidate has no speed-up to be wrong about
         from .threads import load_average, load_phrase, usable_cores
 
         why = (f"unreliable: a time varied {worst:.1f}x between rounds, {load_phrase(load_average(), usable_cores())}; "

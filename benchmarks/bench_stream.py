@@ -154,11 +154,12 @@ def main() -> None:
                     help="only the flat-memory check on one folder of N 128 px images each (default 2000 20000)")
     ap.add_argument("--eval-batch", type=int, default=100, help="with --flat: the evaluation batch")
     ap.add_argument("--embed", type=int, nargs="*", metavar="N",
-                    help="only the flat-memory check of mixerlab embed on folders of N images (default 2000 20000)")
+                    help="only the flat-memory check of mixerlab embed on folders of N images "
+                         "(default 2000 5000 20000)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.embed is not None:
-        sizes = args.embed or [2000, 20000]
+        sizes = args.embed or [2000, 5000, 20000]
         res = {"machine": machine_info(), "peak_pss_mb": embed_memory(out, sizes)}
         peak = res["peak_pss_mb"]
         print(f"ratio of the largest to the smallest: {peak[sizes[-1]] / peak[sizes[0]]:.2f}")

@@ -72,9 +72,17 @@ def imports_of(module: str) -> set[str]:
         parts = target.split(".")
         for i in range(2, len(parts) + 1):
             parent = ".".join(parts[:i])
-            if parent in MODULES and not module.startswith(parent + ".") and parent != module:
+            if parent in MODULES and not module.startswith(parent + ".") and parent != module \
+                    and (parent == target or not _imports_nothing(parent)):
                 result.add(parent)
     return result
+
+
+def _imports_nothing(module: str) -> bool:
+    """A package __init__ with no import in it: passing through it on the way to a submodule (perf's,
+    to reach perf.allocator) runs nothing of its layer."""
+    tree = ast.parse(MODULES[module].read_text())
+    return not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
 
 
 GRAPH = {m: imports_of(m) for m in MODULES if m != "mixerlab"}

@@ -112,7 +112,7 @@ def run_embed(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.data_dir, img_size=tuple(model.config.img_size), val_split=0,
                         stream=stream, workers=args.workers)
     res = embed(model, data, args.out, tuple(args.splits) if args.splits else None, args.batch_size,
-                pick_device(args.device), args.dtype)
+                pick_device(args.device, keep_freed=False), args.dtype)
     print(f"wrote {res['rows']:,} rows of {res['dim']} features ({', '.join(res['splits'])}) to {res['file']} "
           f"and {args.out}/index.jsonl")
     return 0

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
+from ..perf.allocator import untune_in_worker
 from .decode import DecodeError, decode_image
 
 SAMPLE_SEED_STRIDE = 1_000_003
@@ -149,7 +150,7 @@ def default_workers() -> int:
 def loader_options(workers: int, device: torch.device) -> dict:
     opts: dict = {"num_workers": workers, "collate_fn": collate, "pin_memory": device.type == "cuda"}
     if workers > 0:
-        opts.update(persistent_workers=device.type == "cuda", prefetch_factor=4)
+        opts.update(persistent_workers=device.type == "cuda", prefetch_factor=4, worker_init_fn=untune_in_worker)
     return opts
 
 

@@ -49,6 +49,24 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
+_DEFAULT_THRESHOLD = 128 * 1024  # glibc's own starting value for both
+
+
+def untune_in_worker(_worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: give a forked decoding worker glibc's default thresholds again.
+    A worker inherits the parent's tuning, and with it its heap would keep every decoded image and
+    collated batch it ever held (docs/benchmarks.md, embed memory); it gains nothing from the tuning,
+    since its allocations are not the repeated activations the tuning is for."""
+    if not _done:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 def allocator_tuned() -> bool:
     """Whether `tune_cpu_allocator` has taken effect in this process (benchmarks record it)."""
     return bool(_done)

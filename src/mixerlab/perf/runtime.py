@@ -12,11 +12,13 @@ from .allocator import tune_cpu_allocator
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", keep_freed: bool = True) -> torch.device:
     """'auto': the GPU when CUDA is available, else the CPU; any other name as torch spells it. On a
-    CPU, glibc malloc is tuned to keep freed pages (allocator.py) before the first large allocation."""
+    CPU, glibc malloc is tuned to keep freed pages (allocator.py) before the first large allocation,
+    unless `keep_freed` is False: a single pass over a dataset of any size (embed) gains little from
+    it and would keep its heap at its highest."""
     device = torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
+    if device.type == "cpu" and keep_freed:
         tune_cpu_allocator()
     return device
 

@@ -6,6 +6,7 @@ models -> models.layers; `errors` and `io_utils` serve all of them. Nothing insi
 """
 
 from .errors import CheckpointError, ConfigError, DataError, MixerlabError, TrainingError
+from .features.embed import embed, read_embedding
 from .features.fewshot import fewshot
 from .features.knn import knn
 from .models.config import MixerConfig, ViTConfig, config_from_dict
@@ -17,6 +18,8 @@ from .models.serialization import save_pretrained
 from .models.vit import VisionTransformer
 from .perf.allocator import tune_cpu_allocator
 from .perf.inference import optimize_for_inference
+from .weights.hub import push as push_to_hub
+from .weights.hub import save_hub
 from .weights.load import create_model, from_pretrained
 from .weights.official import save_official
 from .weights.timm import save_timm
@@ -38,6 +41,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "embed",
     "fewshot",
     "from_pretrained",
     "get_config",
@@ -45,7 +49,10 @@ __all__ = [
     "list_models",
     "model_from_config",
     "optimize_for_inference",
+    "push_to_hub",
+    "read_embedding",
     "resize_token_mixing",
+    "save_hub",
     "save_official",
     "save_pretrained",
     "save_timm",

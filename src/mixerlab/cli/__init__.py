@@ -15,7 +15,7 @@ from .data import add_data, run_data
 from .export import add_export, run_export
 from .features import add_embed, add_fewshot, run_embed, run_fewshot
 from .inference import add_eval, add_predict, run_eval, run_predict
-from .models import add_convert, add_info, run_convert, run_info
+from .models import add_convert, add_info, add_push, run_convert, run_info, run_push
 from .serve import add_serve, run_serve
 from .train import add_train, run_train
 from .viz import add_viz, run_viz
@@ -24,7 +24,8 @@ from .viz import add_viz, run_viz
 
 COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("info", "list models, or describe one model or checkpoint", add_info, run_info),
-    ("convert", "convert weights between mixerlab, timm and official formats", add_convert, run_convert),
+    ("convert", "convert weights between mixerlab, timm, official and Hub formats", add_convert, run_convert),
+    ("push", "upload a model to the Hugging Face Hub as a timm repo with a model card", add_push, run_push),
     ("train", "train from scratch or fine-tune (--processes N, or torchrun, for several processes)", add_train,
      run_train),
     ("data", "pack an image folder into WebDataset shards for streaming", add_data, run_data),
@@ -45,7 +46,7 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
 
 
 # the commands that compute: --threads is set for them
-COMPUTING = ("train", "eval", "predict", "fewshot", "embed", "export", "serve", "viz", "bench", "convert")
+COMPUTING = ("train", "eval", "predict", "fewshot", "embed", "export", "serve", "viz", "bench", "convert", "push")
 
 
 def _version() -> str:

@@ -1,9 +1,10 @@
-"""`mixerlab info` and `mixerlab convert`: models, checkpoints and their formats."""
+"""`mixerlab info`, `mixerlab convert` and `mixerlab push`: models, checkpoints, their formats and the Hub."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..errors import MixerlabError
 
@@ -67,11 +68,21 @@ def add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("dst", help="output: a folder (mixerlab), a .pth/.safetensors file (timm) or a .npz")
     from .common import add_old_name, add_overwrite
 
-    p.add_argument("--format", dest="to", choices=["mixerlab", "timm", "official"], default=None,
-                   help="what to write (required): mixerlab (a folder), timm (.pth/.safetensors), official (.npz)")
-    add_old_name(p, "--to", "--format", "to", choices=["mixerlab", "timm", "official"])
+    formats = ["mixerlab", "timm", "official", "hub"]
+    p.add_argument("--format", dest="to", choices=formats, default=None,
+                   help="what to write (required): mixerlab (a folder), timm (.pth/.safetensors), official (.npz), "
+                        "hub (a folder in timm's Hugging Face layout with a model card: timm, transformers and "
+                        "the Hub read it without mixerlab)")
+    add_old_name(p, "--to", "--format", "to", choices=formats)
     p.add_argument("--img-size", type=int, nargs="+", help="also resize the token mixing to this size")
+    add_hub_options(p)
     add_overwrite(p)
+
+
+def add_hub_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--license", default="other", help="with --format hub: the card's license (a Hub license id "
+                                                      "such as apache-2.0, mit; default: other)")
+    p.add_argument("--repo-id", help="with --format hub: ORG/NAME the card's usage lines name (default: the folder)")
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -82,10 +93,17 @@ def run_convert(args: argparse.Namespace) -> int:
     from .common import refuse_existing
 
     if args.to is None:
-        raise MixerlabError("convert needs --format mixerlab, timm or official (what to write DST as)")
-    refuse_existing([args.dst], args.overwrite)
+        raise MixerlabError("convert needs --format mixerlab, timm, official or hub (what to write DST as)")
+    if args.to == "hub":
+        from ..weights.hub import check_out_dir
+
+        check_out_dir(Path(args.dst), args.overwrite)
+    else:
+        refuse_existing([args.dst], args.overwrite)
     size = tuple(args.img_size) if args.img_size else None
     model = from_pretrained(args.src, img_size=size[0] if size and len(size) == 1 else size)
+    if args.to == "hub":
+        return write_hub(model, args.src, args.dst, args.repo_id, args.license, args.overwrite)
     if args.to == "mixerlab":
         save_pretrained(model, args.dst)
     elif args.to == "timm":
@@ -97,6 +115,58 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"wrote {args.dst} ({args.to})")
     for line in what_changed(model, from_pretrained(args.dst)):
         print(line)
+    return 0
+
+
+def write_hub(model, src: str, dst: str, repo_id: str | None, license: str, overwrite: bool) -> int:
+    from ..weights.hub import save_hub
+    from ..weights.load import from_pretrained
+
+    res = save_hub(model, dst, source=src, repo_id=repo_id, license=license, overwrite=overwrite)
+    print(f"wrote {dst} ({', '.join(res['files'])}) for timm's {res['architecture']}")
+    note = res["activation"]
+    if note:
+        print(f"note: this model uses the tanh GELU and timm's MlpMixer builds the exact one: in timm and transformers "
+              f"its logits differ by up to {note['max_abs_logit_diff']:.3g} and the top class agrees on "
+              f"{100 * note['top1_agreement']:.1f}% of {note['batch']} (the card says so too)")
+    for line in what_changed(model, from_pretrained(dst)):
+        print(line)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ push
+def add_push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a Hub folder (convert --format hub), or any model from_pretrained reads (it is "
+                               "converted first)")
+    p.add_argument("repo_id", help="ORG/NAME on the Hugging Face Hub (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="write the folder and list what would be uploaded; "
+                                                          "send nothing")
+    p.add_argument("--out", help="where to write the folder when SRC is not one (default: a temporary folder)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", help="a Hugging Face token (default: HF_TOKEN or huggingface-cli login's)")
+    add_hub_options(p)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ..weights.hub import push, save_hub
+    from ..weights.load import from_pretrained
+
+    src = Path(args.src)
+    with tempfile.TemporaryDirectory(prefix="mixerlab-push-") as tmp:
+        if src.is_dir() and (src / "config.json").is_file() and (src / "README.md").is_file() \
+                and '"architecture"' in (src / "config.json").read_text():
+            folder = src
+        else:
+            folder = Path(args.out or Path(tmp) / "repo")
+            save_hub(from_pretrained(args.src), folder, source=args.src, repo_id=args.repo_id,
+                     license=args.license, overwrite=False)
+        files = push(folder, args.repo_id, token=args.token, private=args.private, dry_run=args.dry_run)
+        verb = "would upload" if args.dry_run else "uploaded"
+        print(f"{verb} {len(files)} files from {folder} to https://huggingface.co/{args.repo_id}:")
+        for f in files:
+            print(f"  {f:<24} {(folder / f).stat().st_size:>12,} bytes")
     return 0
 
 

@@ -30,7 +30,7 @@ class TrainConfig:
     model: str = "auto"  # a registered name; "auto" picks a small Mixer that fits the data
     model_args: dict[str, Any] = field(default_factory=dict)  # config overrides (depth, embed_dim, ...)
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
-    img_size: int | None = None  # resize the data (ImageFolder) or the model (fine-tuning) to this
+    img_size: int | None = None  # the model's input: folders are decoded at it, built-in sets resized to it as fed
     val_split: float = 0.1  # held out of the training images to choose best.pt on (0: none; keep the last epoch)
     val_data: str | None = None  # validation shards (default: those dataset.json lists beside the training ones)
     stream: bool | None = None  # read images from disk as it trains; None: when they would not fit in memory

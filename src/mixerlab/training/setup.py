@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..data.datasets import Dataset
 from ..models.config import MixerConfig
+from ..models.layers import to_2tuple
 from ..models.registry import get_config, model_from_config
 from ..weights.load import from_pretrained
 from . import optim
@@ -38,6 +39,9 @@ def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     if cfg.pretrained:
         size = cfg.img_size or None
         return from_pretrained(cfg.pretrained, num_classes=data.num_classes, img_size=size, **overrides)
+    if cfg.img_size and "img_size" not in overrides:
+        # the batches are resized to the model's size as they are fed (data.transforms.prepare)
+        overrides["img_size"] = to_2tuple(cfg.img_size)
     if cfg.model == "auto":
         return model_from_config(auto_model_config(data, overrides))
     args = dict(img_size=data.img_size, in_chans=data.in_chans, num_classes=data.num_classes)

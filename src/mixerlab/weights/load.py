@@ -124,11 +124,14 @@ def load_state_and_config(
     `num_heads` is needed only for a ViT whose file holds no config that says it."""
     path = resolve_source(src)
     fmt = detect_format(path)
-    preprocess = None
+    preprocess, label_names = None, None
     if fmt == "timm-dir":
         timm_config = serialization.read_json(path / serialization.CONFIG_NAME)
+        if not isinstance(timm_config, dict):
+            raise CheckpointError(f"{path / serialization.CONFIG_NAME}: not a JSON object")
         num_heads = num_heads or timm.heads_from_timm_config(timm_config)
         preprocess = timm.preprocess_from_timm_config(timm_config)
+        label_names = timm_config.get("label_names")
         path, fmt = path / serialization.WEIGHTS_NAME, "safetensors"
     if fmt == "run-dir":
         if not (path / "best.pt").is_file() or not (path / "summary.json").is_file():
@@ -149,9 +152,13 @@ def load_state_and_config(
         sd, config = serialization.read_saved_model(path)
     elif fmt == "safetensors":
         sd, meta = serialization.read_safetensors(path)
-        # In a timm repo folder timm's config.json governs, as it does when timm loads the folder.
-        if serialization.CONFIG_METADATA_KEY in meta and preprocess is None:
+        if serialization.CONFIG_METADATA_KEY in meta:
             config = json.loads(meta[serialization.CONFIG_METADATA_KEY])
+            # A timm repo folder mixerlab wrote (hub.py): our config is exact (the tanh GELU, say), but
+            # its config.json governs what timm also reads: the preprocessing and the class names.
+            if preprocess is not None and isinstance(config, dict):
+                config = {**config, **_same_or_timms(config, preprocess),
+                          **({"class_names": label_names} if label_names else {})}
     else:
         sd, config = _unwrap_state_dict(_torch_load(path), str(path))
     if config is None:
@@ -177,6 +184,17 @@ def load_state_and_config(
         raise CheckpointError(f"{path}: its config names {len(names)} classes for a model of {cfg.num_classes} "
                               f"(num_classes)")
     return sd, cfg, "mixerlab", names
+
+
+def _same_or_timms(config: dict[str, Any], preprocess: dict[str, Any]) -> dict[str, Any]:
+    """timm's preprocessing fields, but one mean/std value kept as one where timm's config repeats it
+    per channel (timm's needs a value per channel; ours may give one for all)."""
+    out = dict(preprocess)
+    for k in ("mean", "std"):
+        ours = config.get(k)
+        if k in out and isinstance(ours, list) and len(ours) == 1 and all(v == ours[0] for v in out[k]):
+            out[k] = ours
+    return out
 
 
 def resolve_source(src: str | os.PathLike) -> Path:

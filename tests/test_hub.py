@@ -207,7 +207,8 @@ def test_torch_hub_builds_every_model_from_a_clean_clone(tmp_path):
     small_mixer().save_pretrained(weights)
     code = f"""
 import torch
-m = torch.hub.load({str(clone)!r}, "mixer_s32_224", source="local", pretrained={str(weights)!r})
+m = torch.hub.load({str(clone)!r}, "mixer_s32_224", source="local", pretrained={str(weights)!r},
+                   tokens_mlp_dim=128, channels_mlp_dim=512)
 import mixerlab
 ref = mixerlab.from_pretrained({str(weights)!r}).eval()
 x = torch.randn(2, 3, 64, 64)

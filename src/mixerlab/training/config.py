@@ -30,6 +30,7 @@ class TrainConfig:
     model: str = "auto"  # a registered name; "auto" picks a small Mixer that fits the data
     model_args: dict[str, Any] = field(default_factory=dict)  # config overrides (depth, embed_dim, ...)
     pretrained: str | None = None  # any from_pretrained source; the head is replaced
+    stem_init: str = "default"  # default | whiten: the stem from the training patches' whitened covariance
     img_size: int | None = None  # the model's input: folders are decoded at it, built-in sets resized to it as fed
     val_split: float = 0.1  # held out of the training images to choose best.pt on (0: none; keep the last epoch)
     val_data: str | None = None  # validation shards (default: those dataset.json lists beside the training ones)
@@ -105,6 +106,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd", "muon"),
     "schedule": ("cosine", "linear"),
     "precision": PRECISIONS,
+    "stem_init": ("default", "whiten"),
 }
 
 # Ranges of the numeric options, checked whenever a TrainConfig is made (flags, files, resumed runs).

@@ -38,6 +38,7 @@ from .control import StopFlag, quiet_logs
 from .feed import make_feed, note_bad_images
 from .finish import finish_run
 from .setup import build_model, build_optimizer, lr_lambda
+from .whiten import whiten_stem
 from .step import compile_for_training, step_seed, train_step
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,25 @@ class Run:
         budget = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
         self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict, stream=cfg.stream,
                                  workers=cfg.workers, val_data=cfg.val_data, budget_bytes=budget)
+        if cfg.recipe == "speedrun" and (tuple(self.data.img_size) != (28, 28) or self.data.in_chans != 1):
+            raise TrainingError(f"--recipe speedrun is made for 28x28 grey images (Fashion-MNIST, MNIST: a Mixer "
+                                f"with 7x7 patches, one epoch); {cfg.data} has {self.data.in_chans} x "
+                                f"{self.data.img_size[0]} x {self.data.img_size[1]} images. Use the default "
+                                "recipe (auto) for them")
         if self.data.val is None and getattr(self.data, "test", None) is None:
             raise TrainingError(f"{cfg.data}: --val-split 0 leaves no images to score the epochs on (a folder "
                                 "without val/); give --val-split 0.1, or val/ and train/ folders")
-        self.model = build_model(cfg, self.data).to(self.device)
+        self.model = build_model(cfg, self.data)
+        self.setup_seconds = 0.0  # work before the first step that belongs to training (the whitening)
+        if cfg.stem_init == "whiten" and not cfg.pretrained:
+            t = time.perf_counter()
+            images = getattr(self.data.train, "images", None)
+            if images is None:
+                raise TrainingError(f"{cfg.data}: --stem-init whiten needs the training images in memory; this "
+                                    "data streams from disk (use --no-stream if it fits, or --stem-init default)")
+            whiten_stem(self.model, images)
+            self.setup_seconds = time.perf_counter() - t
+        self.model = self.model.to(self.device)
         self.ddp = self.model  # what the step calls: the DDP wrapper under torchrun
         if ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -38,8 +38,8 @@ from .control import StopFlag, quiet_logs
 from .feed import make_feed, note_bad_images
 from .finish import finish_run
 from .setup import build_model, build_optimizer, lr_lambda
-from .whiten import whiten_stem
 from .step import compile_for_training, step_seed, train_step
+from .whiten import whiten_stem
 
 log = logging.getLogger(__name__)
 

@@ -178,8 +178,9 @@ def model_card(model: nn.Module, config: dict[str, Any], source: str | os.PathLi
     names = getattr(model, "class_names", None)
     out = _front_matter(title, license, c.arch, facts)
     kind = "MLP-Mixer (Tolstikhin et al., 2021, arXiv 2105.01601)" if c.arch == "mixer" else "Vision Transformer"
-    out += [f"# {md(title)}", "", f"An image classifier: {kind}, trained and exported with mixerlab. It loads in "
-            "timm and in transformers without mixerlab.", "", "## Model", ""] + _shape(model, arch)
+    how = "trained and exported with mixerlab" if facts else "exported with mixerlab"
+    out += [f"# {md(title)}", "", f"An image classifier: {kind}, {how}. It loads in timm and in transformers "
+            "without mixerlab.", "", "## Model", ""] + _shape(model, arch)
     if note:
         out += ["", f"**Activation.** This model was trained with the tanh approximation of GELU (the official "
                 f"Flax code's). timm's MlpMixer cannot be told to use it and builds the exact GELU, so timm and "

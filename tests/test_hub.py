@@ -228,3 +228,15 @@ except ValueError as e:
     diff, from_clone = out[0].split()
     assert float(diff) == 0.0 and from_clone == "True"
     assert out[1] == "VisionTransformer 5" and out[2] == "refused: True"
+
+
+def test_a_folder_timm_itself_saved_reads_with_its_label_names(tmp_path):
+    from timm.models._hub import save_for_hf
+
+    t = perturbed(timm.create_model("mixer_s32_224", img_size=64, num_classes=3, mlp_ratio=(0.25, 1.0)))
+    save_for_hf(t, str(tmp_path / "hub"), model_config={"label_names": ["a", "b", "c"]}, safe_serialization=True)
+    ours = mixerlab.from_pretrained(tmp_path / "hub")
+    assert ours.class_names == ["a", "b", "c"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.eval()(x).numpy(), t(x).numpy(), atol=1e-5, rtol=0)

@@ -167,9 +167,13 @@ def load_state_and_config(
                      "bicubic, crop 0.875). Pass mean=/std= (--mean/--std) for other weights: timm's miil weights "
                      "take mean 0, std 1", path)
         try:
-            return sd, timm.config_from_state_dict(sd, str(path), num_heads, preprocess), "timm", None
+            cfg = timm.config_from_state_dict(sd, str(path), num_heads, preprocess)
         except ConfigError as e:
             raise CheckpointError(f"{path}: bad preprocessing in its timm config: {e}") from None
+        # a timm repo's label_names, where they name every class of the head
+        names = label_names if (isinstance(label_names, list) and len(label_names) == cfg.num_classes
+                                and all(isinstance(n, str) for n in label_names)) else None
+        return sd, cfg, "timm", names
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its model config is {type(config).__name__}, not a mapping")
     config = dict(config)

@@ -42,7 +42,9 @@ def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     if cfg.img_size and "img_size" not in overrides and to_2tuple(cfg.img_size) != tuple(data.img_size):
         # a built-in set's batches are resized to the model's size as they are fed (data.transforms.prepare:
         # bilinear, the whole image); the model's preprocessing says so, for whoever uses it next
-        overrides.update(img_size=to_2tuple(cfg.img_size), interpolation="bilinear", crop_pct=1.0)
+        overrides["img_size"] = to_2tuple(cfg.img_size)
+        overrides.setdefault("interpolation", "bilinear")
+        overrides.setdefault("crop_pct", 1.0)
     if cfg.model == "auto":
         return model_from_config(auto_model_config(data, overrides))
     args = dict(img_size=data.img_size, in_chans=data.in_chans, num_classes=data.num_classes)

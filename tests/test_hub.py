@@ -165,7 +165,7 @@ def test_hostile_class_names_are_written_safely(tmp_path):
 
 def test_the_card_shows_the_runs_measured_figures_and_nothing_else(tmp_path):
     run = tmp_path / "run"
-    code = cli(["train", "--model", "mixer_s32_224", "--img-size", "64", "--model-arg", "tokens_mlp_dim=64",
+    code = cli(["train", "--model", "mixer_s32_224", "--img-size", "32", "--model-arg", "tokens_mlp_dim=64",
                 "--model-arg", "channels_mlp_dim=256", "--model-arg", "act=gelu", "--epochs", "1",
                 "--max-steps-per-epoch", "3", "--batch-size", "16", "--val-split", "0", "--out", str(run),
                 "--quiet"])

@@ -124,6 +124,17 @@ def test_a_shape_timm_cannot_build_is_refused_with_the_alternative(tmp_path, cap
     msg = str(e.value)
     assert "P=4 N=6 C=128" in msg and "--format timm" in msg and "MlpMixer(patch_size=4, num_blocks=6" in msg
     assert not (tmp_path / "hub").exists()  # refused before anything is written
+    # the alternative it spells out works: timm's MlpMixer with those arguments takes the state dict
+    from safetensors.torch import load_file
+    from timm.models.mlp_mixer import MlpMixer
+
+    mixerlab.save_timm(perturbed(demo), tmp_path / "demo.safetensors")
+    t = MlpMixer(patch_size=4, num_blocks=6, embed_dim=128, mlp_ratio=(0.5, 2), img_size=28, in_chans=1,
+                 num_classes=10)
+    t.load_state_dict(load_file(tmp_path / "demo.safetensors"))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        np.testing.assert_allclose(t.eval()(x).numpy(), demo(x).numpy(), atol=1e-5, rtol=0)
     demo.save_pretrained(tmp_path / "demo")
     assert cli(["convert", str(tmp_path / "demo"), str(tmp_path / "hub"), "--format", "hub"]) == 2
     assert "timm cannot build this Mixer" in capsys.readouterr().err

@@ -70,11 +70,13 @@ def timm_architecture(cfg: MixerConfig | ViTConfig) -> tuple[str, dict[str, Any]
             raise HubError(
                 f"timm cannot build this Mixer: its registered names fix patch size, depth and width together "
                 f"({have}) and model_args cannot change them; this one is P={cfg.patch_size} N={cfg.depth} "
-                f"C={cfg.embed_dim}. {alt[0].upper() + alt[1:]}, which timm loads into "
-                f"timm.models.mlp_mixer.MlpMixer(patch_size={cfg.patch_size}, num_blocks={cfg.depth}, "
-                f"embed_dim={cfg.embed_dim}, mlp_ratio=({cfg.tokens_mlp_dim / cfg.embed_dim:g}, "
-                f"{cfg.channels_mlp_dim / cfg.embed_dim:g}), img_size={h}, in_chans={cfg.in_chans}, "
-                f"num_classes={cfg.num_classes})")
+                f"C={cfg.embed_dim}. Write a bare timm state dict instead (mixerlab convert SRC OUT.safetensors "
+                f"--format timm) and load it with timm.models.mlp_mixer.MlpMixer(patch_size={cfg.patch_size}, "
+                f"num_blocks={cfg.depth}, embed_dim={cfg.embed_dim}, "
+                f"mlp_ratio=({cfg.tokens_mlp_dim / cfg.embed_dim:g}, {cfg.channels_mlp_dim / cfg.embed_dim:g}), "
+                f"img_size={h}, in_chans={cfg.in_chans}, "
+                f"num_classes={cfg.num_classes}).load_state_dict(safetensors.torch.load_file('OUT.safetensors')), "
+                f"or a mixerlab folder (--format mixerlab)")
         try:
             ratios = [_ratio(cfg.tokens_mlp_dim, cfg.embed_dim), _ratio(cfg.channels_mlp_dim, cfg.embed_dim)]
         except HubError as e:

@@ -35,7 +35,7 @@ def clean(text: Any) -> str:
 def md(text: Any) -> str:
     """Text for a Markdown table cell: HTML and Markdown markup shown as written, not interpreted."""
     s = clean(text)
-    for c in "\\`*_{}[]<>()#+!|":
+    for c in "\\`*_{}[]<>|":  # enough for a table cell: no link, image, code, emphasis or HTML can start
         s = s.replace(c, "\\" + c)
     return s
 
@@ -133,7 +133,12 @@ def _training(facts: dict[str, Any]) -> list[str]:
         return ["No training run came with this model (it was converted from a checkpoint), so this card "
                 "has no training details and no measured accuracy."]
     data = clean(s.get("dataset", cfg.get("data", "?")))
-    rows = [("data", md(data)), ("recipe", md(cfg.get("recipe", "?"))), ("epochs", s.get("epochs", "?")),
+    args = cfg.get("model_args") or {}
+    model = md(cfg.get("model", "?")) + (", " + ", ".join(f"{md(k)}={md(v)}" for k, v in sorted(args.items()))
+                                         if args else "") + (f", img\\_size={cfg['img_size']}" if cfg.get("img_size")
+                                                             else "")
+    rows = [("data", md(data)), ("recipe", md(cfg.get("recipe", "?"))), ("model", model),
+            ("epochs", s.get("epochs", "?")),
             ("optimizer", f"{md(cfg.get('optimizer', '?'))}, lr {cfg.get('lr', '?')}, weight decay "
                           f"{cfg.get('weight_decay', '?')}, {md(cfg.get('schedule', '?'))} schedule"),
             ("batch", (facts.get("config") or {}).get("global_batch", cfg.get("batch_size", "?"))),
@@ -142,7 +147,7 @@ def _training(facts: dict[str, Any]) -> list[str]:
              if isinstance(s.get("train_time_s"), (int, float)) else "?"),
             ("model kept", md(s.get("selected_on", "?")))]
     lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", f"Trained with `mixerlab train --recipe {md(cfg.get('recipe', '?'))}`."]
+    lines += ["", f"Trained with `mixerlab train --recipe {md(cfg.get('recipe', '?'))}` and the model options above."]
     return lines
 
 

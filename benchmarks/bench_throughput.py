@@ -1,8 +1,11 @@
 """The performance targets, measured side by side in one process, printed as ratios.
 
-Workload: Mixer-B/16 at 224 px, batch 32 (override with --batch). Peers: timm's eager mixer_b16_224 (when
-timm is installed) and our own ViT-B/16. The GEMM-bound limit is the model's FLOPs at the best GEMM rate
-measured in this same run. Results go to runs/bench/targets.json; copy the table into docs/benchmarks.md.
+Workload: Mixer-B/16 at 224 px, batch 32 (override with --batch). Peers: timm's eager and compiled
+mixer_b16_224 (when timm is installed), ONNX Runtime and OpenVINO running our ONNX export (where they are
+installed; OpenVINO with its precision hint set to the row's precision), and our own ViT-B/16. The bf16
+rows run only where the CPU computes bf16 natively (elsewhere torch emulates it many times slower). The
+GEMM-bound limit is the model's FLOPs at the best GEMM rate measured in this same run. Results go to
+runs/bench/targets.json; copy the table into docs/benchmarks.md.
 
     .venv/bin/python benchmarks/bench_throughput.py [--batch 32] [--quick]
 """
@@ -21,6 +24,7 @@ import torch.nn as nn
 import mixerlab
 from mixerlab.perf.bench import inference_throughput, train_throughput
 from mixerlab.perf.gemm import gemm_rates
+from mixerlab.perf.runtime import native_bf16
 from mixerlab.perf.timing import machine_info
 
 
@@ -50,6 +54,44 @@ def timm_compiled(peer: nn.Module, x: torch.Tensor, dev: torch.device, label: st
     return inference_throughput(compiled, xin, dev, **timing)
 
 
+def exported_peers(model: nn.Module, x: torch.Tensor, dev: torch.device, label: str, timing: dict) -> dict:
+    """Images/s of our ONNX export under ONNX Runtime (fp32) and OpenVINO (f32 or bf16 hint), each
+    where installed; the engines use every core the process has (LATENCY hint: one request, all cores)."""
+    import tempfile
+
+    from mixerlab.export.onnx import export_onnx
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/mixer.onnx"
+        export_onnx(copy.deepcopy(model).cpu(), path, source="bench")
+        xn = x.cpu().numpy()
+        if label == "fp32":
+            try:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = torch.get_num_threads()
+                sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+                name = sess.get_inputs()[0].name
+                out["onnxruntime"] = inference_throughput(lambda _: sess.run(None, {name: xn}), x, dev, **timing)
+            except ImportError:
+                print("onnxruntime not installed: no ONNX Runtime column")
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(path), "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32" if label == "fp32" else "bf16", "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+            request = compiled.create_infer_request()
+            out["openvino"] = inference_throughput(lambda _: request.infer({0: xn}), x, dev, **timing)
+            out["openvino_version"] = ov.__version__
+        except ImportError:
+            print("openvino not installed: no OpenVINO column")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
@@ -69,6 +111,9 @@ def main() -> None:
     flops = mixerlab.count_flops(ours) * args.batch
 
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        if label == "bf16" and not native_bf16(dev):
+            print("bf16: this CPU has no native bf16 (torch would emulate it): no bf16 rows")
+            continue
         peak = gemm_rates(dtype, dev)
         row = {"gemm_gflops": peak["best_gflops"]}
         t = time.perf_counter()
@@ -93,13 +138,20 @@ def main() -> None:
             row["ratio_vs_timm_compiled"] = row["ours_optimized"] / row["timm_compiled"]
         except ImportError:
             print("timm not installed: no timm column")
+        if dev.type == "cpu":
+            peers = exported_peers(ours, x, dev, label, timing)
+            row.update(peers)
+            best = max([v for k, v in row.items() if k in ("timm_eager", "timm_compiled", "onnxruntime", "openvino")],
+                       default=None)
+            if best:
+                row["ratio_vs_best_peer"] = row["ours_optimized"] / best
         res[f"inference_{label}"] = row
-        print(label, {k: round(v, 3) for k, v in row.items()})
+        print(label, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
     # Training step of the demo-sized model, ours against the timm way.
     demo = mixerlab.get_config("mixer_nano", in_chans=1, img_size=28, num_classes=10)
     xb = torch.randn(128, 1, 28, 28, device=dev)
-    for prec in ("fp32", "bf16"):
+    for prec in ("fp32", "bf16") if native_bf16(dev) else ("fp32",):
         a = train_throughput(mixerlab.MlpMixer(demo).to(dev), xb, dev, prec, **timing)
         row = {"ours": a}
         try:

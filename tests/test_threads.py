@@ -32,7 +32,8 @@ def test_every_command_takes_threads():
     for name, *_ in COMMANDS:
         extra = {"info": [], "serve": ["x"], "train": [], "data": ["pack", "a", "b"], "bench": [],
                  "viz": ["x"], "predict": ["x", "y"], "export": ["x", "y.onnx"], "eval": ["x"],
-                 "convert": ["x", "y", "--format", "timm"], "fewshot": ["x"], "embed": ["x", "--out", "o"]}[name]
+                 "convert": ["x", "y", "--format", "timm"], "fewshot": ["x"], "embed": ["x", "--out", "o"],
+                 "push": ["x", "me/model"]}[name]
         argv = [name, "--threads", "3", *extra] if name == "data" else [name, *extra, "--threads", "3"]
         assert parser.parse_args(argv).threads == 3
 

@@ -155,7 +155,7 @@ def test_old_option_names_still_work_and_say_the_new_one(official_dir, tmp_path,
     assert "note: --to is now --format" in capsys.readouterr().err
     assert (tmp_path / "ours" / "config.json").is_file()
     assert cli(["convert", str(src), str(tmp_path / "x")]) == 2
-    assert "convert needs --format mixerlab, timm or official" in capsys.readouterr().err
+    assert "convert needs --format mixerlab, timm, official or hub" in capsys.readouterr().err
     assert "--to" not in __import__("subprocess").run(
         [sys.executable, "-m", "mixerlab", "convert", "--help"], capture_output=True, text=True).stdout
 

@@ -30,6 +30,7 @@ from ..errors import MixerlabError
 from ..io_utils import atomic_write, atomic_write_bytes, writable_folder
 from ..models import serialization
 from ..models.config import MixerConfig, ViTConfig
+from .load import HUB_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ def save_hub(model: nn.Module, out_dir: str | os.PathLike, source: str | os.Path
     note = activation_note(model)
     writable_folder(out)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {serialization.CONFIG_METADATA_KEY: json.dumps(model.config.to_dict(), sort_keys=True)}
+    meta = {serialization.CONFIG_METADATA_KEY: json.dumps(model.config.to_dict(), sort_keys=True),
+            HUB_METADATA_KEY: "1"}
     atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata=meta))
     atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     card = model_card(model, config, source, repo_id or f"local-dir:{out}", license, note)

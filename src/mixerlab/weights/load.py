@@ -37,6 +37,7 @@ from . import npz, official, timm
 log = logging.getLogger(__name__)
 
 TRAIN_CKPT_NAMES = ("best.pt", "last.pt")
+HUB_METADATA_KEY = "mixerlab_hub"  # in the model.safetensors of a folder `save_hub` wrote
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -152,10 +153,11 @@ def load_state_and_config(
         sd, config = serialization.read_saved_model(path)
     elif fmt == "safetensors":
         sd, meta = serialization.read_safetensors(path)
-        if serialization.CONFIG_METADATA_KEY in meta:
+        # In a timm repo folder timm's config.json governs, as it does when timm loads the folder, except
+        # in one mixerlab wrote as such (hub.py): there our config is exact (the tanh GELU, say), and
+        # config.json gives what timm also reads: the preprocessing and the class names.
+        if serialization.CONFIG_METADATA_KEY in meta and (preprocess is None or meta.get(HUB_METADATA_KEY)):
             config = json.loads(meta[serialization.CONFIG_METADATA_KEY])
-            # A timm repo folder mixerlab wrote (hub.py): our config is exact (the tanh GELU, say), but
-            # its config.json governs what timm also reads: the preprocessing and the class names.
             if preprocess is not None and isinstance(config, dict):
                 config = {**config, **_same_or_timms(config, preprocess),
                           **({"class_names": label_names} if label_names else {})}

@@ -10,15 +10,17 @@ import pytest
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 
 # mallinfo2().hblkhd is the number of bytes malloc holds in mmap'ed blocks.
-CHILD = r"""
-import ctypes, os, sys
-import mixerlab
+MALLINFO = r"""
+import ctypes
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
+"""
+CHILD = MALLINFO + r"""
+import mixerlab
 tuned = mixerlab.tune_cpu_allocator()
 before = libc.mallinfo2().hblkhd
 p = libc.malloc(8 << 20)
@@ -45,18 +47,12 @@ def test_opt_out_leaves_malloc_alone():
 
 
 
-WORKER = r"""
-import ctypes, sys
+WORKER = MALLINFO + r"""
+import sys
 import torch
 from torch.utils.data import DataLoader, Dataset
 import mixerlab
 from mixerlab.data.stream import loader_options
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
 
 class MappedInWorker(Dataset):
     def __len__(self):

@@ -151,12 +151,12 @@ def run_push(args: argparse.Namespace) -> int:
     import tempfile
 
     from ..weights.hub import push, save_hub
-    from ..weights.load import from_pretrained
+    from ..weights.load import detect_format, from_pretrained
 
     src = Path(args.src)
     with tempfile.TemporaryDirectory(prefix="mixerlab-push-") as tmp:
-        if src.is_dir() and (src / "config.json").is_file() and (src / "README.md").is_file() \
-                and '"architecture"' in (src / "config.json").read_text():
+        # a timm repo folder with its card goes as it is; anything else is converted (and gets a card)
+        if src.is_dir() and (src / "README.md").is_file() and detect_format(src) == "timm-dir":
             folder = src
         else:
             folder = Path(args.out or Path(tmp) / "repo")

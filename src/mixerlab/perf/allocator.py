@@ -38,11 +38,7 @@ def tune_cpu_allocator() -> bool:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD) == 1
-    except (OSError, AttributeError):
-        ok = False
+    ok = _set_thresholds(_THRESHOLD)
     if not ok:
         log.debug("mallopt refused the thresholds; malloc left at its defaults")
     _done = ok
@@ -57,14 +53,17 @@ def untune_in_worker(_worker_id: int = 0) -> None:
     A worker inherits the parent's tuning, and with it its heap would keep every decoded image and
     collated batch it ever held (docs/benchmarks.md, embed memory); it gains nothing from the tuning,
     since its allocations are not the repeated activations the tuning is for."""
-    if not _done:
-        return
+    if _done:
+        _set_thresholds(_DEFAULT_THRESHOLD)
+
+
+def _set_thresholds(value: int) -> bool:
+    """glibc's mmap and trim thresholds both set to `value`; whether mallopt took them."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+        return libc.mallopt(_M_MMAP_THRESHOLD, value) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, value) == 1
     except (OSError, AttributeError):
-        pass
+        return False
 
 
 def allocator_tuned() -> bool:

@@ -188,6 +188,11 @@ def test_torchrun_two_processes_stream_shards(shards, tmp_path):
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfgs: list, stop: int | None):
+    import multiprocessing
+
+    # A process made by mp.spawn makes its own children by spawn too (each importing torch afresh);
+    # ranks under torchrun or `--processes`, as users run them, fork their loader workers.
+    multiprocessing.set_start_method("fork", force=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

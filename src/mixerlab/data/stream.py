@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from torchvision.transforms import v2
 
 from ..perf.allocator import untune_in_worker
 from .decode import DecodeError, decode_image
@@ -69,6 +68,8 @@ def collate(samples: list[tuple[int, torch.Tensor | None, int, str | None]]) -> 
 def train_transform(size: tuple[int, int], flip: bool, randaug_n: int, randaug_m: int, crop_scale: float,
                     interpolation: str = "bicubic") -> Callable:
     """Decoded Pillow image -> augmented uint8 (C, H, W) tensor, drawing from torch's generator."""
+    from torchvision.transforms import v2  # here: its import costs seconds (transforms.eval_image says why)
+
     mode = v2.InterpolationMode(interpolation)
     ops: list = [v2.PILToTensor(), v2.RandomResizedCrop(list(size), scale=(crop_scale, 1.0), interpolation=mode,
                                                        antialias=True)]

@@ -14,8 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
 from .decode import MAX_PIXELS, decode_image, to_uint8_chw
@@ -57,6 +55,10 @@ def eval_image(im: Image.Image, cfg) -> torch.Tensor:
     """One decoded image as the model's input, uint8 (C, H, W), by timm's eval transform and the
     model's own preprocessing: resize (its interpolation) so that the shorter side is input / crop_pct,
     then take the centre. With crop_pct 1 and an image of the input's shape this does nothing."""
+    # imported here, not at the top: torchvision's import (which pulls in torch._dynamo) costs seconds
+    # that commands which never resize a file (--help, training in memory, export) should not pay
+    from torchvision.transforms.v2 import functional as TF
+
     h, w = cfg.img_size
     scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
     mode = TF.InterpolationMode(cfg.interpolation)
@@ -100,6 +102,8 @@ class BatchAugment:
     def __init__(self, crop_pad: int = 0, flip: bool = False, randaug_n: int = 0, randaug_m: int = 9,
                  chunk: int = 16):
         self.crop_pad, self.flip, self.chunk = crop_pad, flip, chunk
+        if randaug_n > 0:
+            from torchvision.transforms import v2
         self.randaug = v2.RandAugment(num_ops=randaug_n, magnitude=randaug_m) if randaug_n > 0 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,14 @@ import mixerlab
 from mixerlab.cli import main as cli
 from mixerlab.perf.bench import loglog_slope
 from mixerlab.perf.inference import optimize_for_inference
+from mixerlab.perf.runtime import native_bf16
 
 
 def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     out = tmp_path / "bench"
     assert cli(["bench", "--models", "mixer_nano", "vit_nano", "--batch-size", "4", "--resolutions", "28", "56",
                 "--scale-models", "mixer_nano", "vit_nano", "--quick", "--device", "cpu", "--optimized",
-                "--precision", "fp32", "bf16", "--out", str(out)]) == 0
+                "--precision", "fp32", "bf16", "--runtimes", "onnxruntime", "openvino", "--out", str(out)]) == 0
     res = json.loads((out / "bench.json").read_text())
     assert {r["model"] for r in res["inference"]} == {"mixer_nano", "vit_nano"}
     assert all(r["img_s"] > 0 and r["img_s_core"] > 0 and r["spread"] >= 1 for r in res["inference"])
@@ -35,6 +36,13 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     assert [(r["model"], r["precision"]) for r in fast] == [(m, p) for m in ("mixer_nano", "vit_nano")
                                                             for p in ("fp32", "bf16")]
     assert all(r["share_of_gemm_limit"] > 0 for r in fast)
+    # our export under each runtime, beside ours: fp32 only where the CPU has no native bf16
+    exported = [(r["model"], r["source"], r["precision"]) for r in res["inference"] if r["source"] in
+                ("onnxruntime", "openvino")]
+    bf16 = [(m, "openvino", "bf16") for m in ("mixer_nano", "vit_nano")] if native_bf16(torch.device("cpu")) else []
+    assert sorted(exported) == sorted([(m, rt, "fp32") for m in ("mixer_nano", "vit_nano")
+                                       for rt in ("onnxruntime", "openvino")] + bf16)
+    assert "| openvino | mixer_nano | fp32 |" in (out / "bench.md").read_text()
 
 
 def test_bench_refuses_a_sweep_it_cannot_fit_before_timing_anything(tmp_path, capsys):
@@ -61,17 +69,9 @@ def _reference():
     return model, torch.randn(64, 3, 32, 32)
 
 
-def test_optimize_fp32_matches_eager_eager_path():
-    model, x = _reference()
-    fast = optimize_for_inference(model, torch.float32, compile=False)
-    with torch.no_grad():
-        ref = model(x)
-    torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
-
-
 def test_optimize_fp32_compiled_matches_eager():
     model, x = _reference()
-    fast = optimize_for_inference(model, torch.float32, compile=True, example=x)
+    fast = optimize_for_inference(model, torch.float32, compile=True, example=x, backends=())  # eager or compiled
     assert fast.compile_time_s >= 0
     # The compiled forward was timed against eager and one of them kept, saying which.
     assert sum("torch.compile" in m for m in fast.optimizations) == 1
@@ -113,12 +113,12 @@ def test_every_fp32_backend_matches_eager_and_the_fastest_is_kept():
     model, x = _reference()
     with torch.no_grad():
         ref = model(x)
-    candidates = _cpu_fp32_candidates(model, ("onednn", "onnxruntime"))
-    assert set(candidates) == {"oneDNN, prepacked weights", "ONNX Runtime"}
+    candidates = _cpu_fp32_candidates(model, ("onednn", "onnxruntime", "openvino"))
+    assert set(candidates) == {"oneDNN, prepacked weights", "ONNX Runtime", "OpenVINO"}
     for name, fn in candidates.items():
         with torch.inference_mode():
             torch.testing.assert_close(fn(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=name)
-    fast = optimize_for_inference(model, torch.float32, compile=False, example=x[:8])
+    fast = optimize_for_inference(model, torch.float32, compile=False, example=x[:8], backends=("onednn",))
     note = fast.optimizations[-1]
     assert "x eager" in note and "also measured" in note  # the winner, and the others' ratios
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

@@ -140,7 +140,7 @@ def test_an_aot_compiled_package_runs_without_the_model_code(trained, tmp_path, 
 
 
 @pytest.mark.parametrize("out,message", [
-    ("model.txt", "write an ONNX export to a .onnx file and a compiled one to a .pt2 file"),
+    ("model.txt", "an OpenVINO one to a .xml file and a compiled one to a .pt2 file"),
     ("folder.onnx/", "is a folder"),
 ])
 def test_a_wrong_output_path_is_refused(trained, tmp_path, capsys, out, message):
@@ -169,7 +169,7 @@ def test_an_op_the_exporter_cannot_handle_leaves_no_file(trained, tmp_path, caps
 def test_int8_is_for_onnx_and_a_missing_extra_is_named(trained, tmp_path, capsys, monkeypatch):
     run, _ = trained
     assert cli(["export", str(run), str(tmp_path / "m.pt2"), "--int8"]) == 2
-    assert "--int8 is for ONNX exports" in capsys.readouterr().err
+    assert "--int8 is for ONNX and OpenVINO exports" in capsys.readouterr().err
     assert cli(["export", str(run), str(tmp_path / "m.onnx"), "--int8", "static"]) == 2
     assert "--int8 static needs calibration images: pass --data" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()

@@ -6,6 +6,7 @@ models -> models.layers; `errors` and `io_utils` serve all of them. Nothing insi
 """
 
 from .errors import CheckpointError, ConfigError, DataError, MixerlabError, TrainingError
+from .export.runtime import load_exported
 from .features.embed import embed, read_embedding
 from .features.fewshot import fewshot
 from .features.knn import knn
@@ -49,6 +50,7 @@ __all__ = [
     "list_models",
     "model_from_config",
     "optimize_for_inference",
+    "load_exported",
     "push_to_hub",
     "read_embedding",
     "resize_token_mixing",

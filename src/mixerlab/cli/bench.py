@@ -24,11 +24,15 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true",
                    help="a look in about a minute: S/16 Mixer and ViT only, batch 8, resolutions 112 224, fewer "
-                        "repeats")
+                        "repeats; --optimized without torch.compile and the exported runtimes")
     p.add_argument("--optimized", action="store_true",
                    help="also time each mixerlab model through optimize_for_inference (the fastest path "
                         "this machine has: eager, torch.compile, and in fp32 oneDNN or ONNX Runtime; building the "
                         "candidates takes one to two minutes for B/16)")
+    p.add_argument("--runtimes", nargs="*", choices=["onnxruntime", "openvino"], default=None,
+                   help="also time each mixerlab model exported to these runtimes, where installed (CPU; "
+                        "default: both for the default models, none with --models or --quick; give the flag "
+                        "alone for none)")
     p.add_argument("--scaling", action="store_true",
                    help="only the resolution sweep, out to where ViT's attention dominates: batch 1, fp32 "
                         "(--precision bf16 for bf16), local log-log slopes against the FLOP model's (default "
@@ -87,9 +91,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     names = args.models or (quick_models if args.quick else None)
     models = [(m, "mixerlab") for m in names] if names else None
+    runtimes = args.runtimes if args.runtimes is not None else ([] if names else ["onnxruntime", "openvino"])
     res = run_default(Path(args.out), args.batch or (8 if args.quick else 32), str(device), args.quick, models,
                       tuple(args.resolutions or ((112, 224) if args.quick else (112, 224, 448))),
-                      tuple(args.scale_models), tuple(args.precisions), optimized=args.optimized)
+                      tuple(args.scale_models), tuple(args.precisions), optimized=args.optimized,
+                      runtimes=tuple(runtimes))
     for name, slope in res["loglog_slope"].items():
         print(f"log-log slope of time against patches, {name}: {slope:.2f}")
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")

@@ -12,11 +12,13 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
     d = Limits.__dataclass_fields__
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument("src", help="a checkpoint from_pretrained reads, or an exported .onnx file")
+    p.add_argument("src", help="a checkpoint from_pretrained reads, or an exported file: .onnx (ONNX Runtime), "
+                               ".xml (OpenVINO), .pt2 (with --trust-compiled)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="torch: PyTorch eager; onnx: ONNX Runtime on an exported .onnx file")
+                   help="torch: PyTorch eager on a checkpoint; onnx: ONNX Runtime on an exported .onnx file "
+                        "(an exported file is always run by its own runtime)")
     add_trust_compiled(p)
     p.add_argument("--max-batch", type=positive_int, default=d["max_batch"].default, help="images per model call")
     p.add_argument("--max-wait-ms", type=float, default=d["max_wait_ms"].default,

@@ -1,9 +1,11 @@
-"""Exported files as models: an `.onnx` file (ONNX Runtime) or a `.pt2` package (AOTInductor) behind
+"""Exported files as models: an `.onnx` file (ONNX Runtime), an OpenVINO `.xml` (with its `.bin`) or a
+`.pt2` package (AOTInductor) behind
 the same small interface as a PyTorch model (`config`, `class_names`, `num_classes`, `eval()`, a call
 that returns logits), so `mixerlab eval` and `mixerlab predict` check an export on real data with the
 same code and the same JSON output.
 
-An ONNX file is data: ONNX Runtime interprets its graph and runs nothing from the file. A `.pt2` is a
+An ONNX file or an OpenVINO IR is data: the runtime interprets its graph and runs nothing from the
+file. A `.pt2` is a
 shared library that the loader dlopens, so loading one runs its code, the code of whoever made it: it
 is loaded only when the caller says so (`trust_compiled=True`, `--trust-compiled`). The metadata a
 file carries is checked against the graph it describes before it is used, since it can be edited.
@@ -26,14 +28,15 @@ from ..errors import ConfigError
 from ..models.config import config_from_dict
 from .onnx import ExportError, read_metadata, require
 
-EXPORT_SUFFIXES = (".onnx", ".pt2")
+EXPORT_SUFFIXES = (".onnx", ".xml", ".pt2")
 TRUST_HINT = ("a .pt2 package is native code that runs as soon as it is loaded; load it only if you made it "
-              "or trust who did: pass --trust-compiled (trust_compiled=True in Python), or export to .onnx, "
-              "which runs no code from the file")
+              "or trust who did: pass --trust-compiled (trust_compiled=True in Python), or export to .onnx or "
+              ".xml (OpenVINO), which run no code from the file")
 
 
 class ExportedModel(nn.Module):
-    """An exported model; `backend` is "onnx" (run by ONNX Runtime; serve --backend onnx) or "aoti" (a .pt2)."""
+    """An exported model; `backend` is "onnx" (run by ONNX Runtime; serve --backend onnx), "openvino"
+    (an .xml) or "aoti" (a .pt2)."""
 
     def __init__(self, path: Path, meta: dict[str, Any], run: Any, backend: str):
         super().__init__()
@@ -98,6 +101,29 @@ def _onnx_runner(path: Path, threads: int | None) -> tuple[Any, list, list]:
     return run, list(sess.get_inputs()[0].shape), list(sess.get_outputs()[0].shape)
 
 
+def _dims(port: Any) -> list:
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
+def _openvino_runner(path: Path, ov_model: Any, threads: int | None, precision: str) -> Any:
+    from .openvino import compile_ir
+
+    try:
+        compiled = compile_ir(ov_model, threads, precision)
+    except ExportError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{path}: OpenVINO cannot compile this IR for the CPU: {first}") from None
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        request = compiled.create_infer_request()  # one per call: a request is not safe to share across threads
+        request.infer({0: x.numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return run
+
+
 def _pt2_runner(path: Path) -> Any:
     """Load a .pt2 with its extracted files in a folder of our own, removed when the model goes (or at
     once when the load fails): torch's loader leaves an aotinductor_* folder in the temp dir otherwise."""
@@ -119,10 +145,11 @@ def _pt2_runner(path: Path) -> Any:
     return runner
 
 
-def load_exported(path: str | os.PathLike, threads: int | None = None, trust_compiled: bool = False
-                  ) -> ExportedModel:
-    """An `.onnx` or `.pt2` file written by `mixerlab export`, ready to call on float32 batches.
-    A `.pt2` runs native code when loaded, so it needs `trust_compiled=True`."""
+def load_exported(path: str | os.PathLike, threads: int | None = None, trust_compiled: bool = False,
+                  precision: str = "f32") -> ExportedModel:
+    """An `.onnx`, `.xml` (OpenVINO) or `.pt2` file written by `mixerlab export`, ready to call on
+    float32 batches. A `.pt2` runs native code when loaded, so it needs `trust_compiled=True`.
+    `precision` is OpenVINO's ("f32", or "bf16" where the CPU has it); the others run as exported."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
@@ -131,6 +158,13 @@ def load_exported(path: str | os.PathLike, threads: int | None = None, trust_com
         run, ins, outs = _onnx_runner(path, threads)
         _check_io(path, meta["config"], ins, outs)
         return ExportedModel(path, meta, run, "onnx")
+    if path.suffix == ".xml":
+        from .openvino import read_ir
+
+        ov_model, meta = read_ir(path)
+        meta = checked_metadata(path, meta)
+        _check_io(path, meta["config"], _dims(ov_model.input(0)), _dims(ov_model.output(0)))
+        return ExportedModel(path, meta, _openvino_runner(path, ov_model, threads, precision), "openvino")
     if path.suffix == ".pt2":
         from .aoti import read_pt2_metadata
 

@@ -64,6 +64,27 @@ def loglog_slope(patches: list[int], seconds_per_image: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+def exported_runs(model: nn.Module, runtimes: tuple[str, ...], prec: str, log: Callable[[str], None] = print
+                  ) -> list[tuple[str, nn.Module, None]]:
+    """`model` exported once and loaded in each of `runtimes` ("onnxruntime": fp32 only; "openvino": f32,
+    or bf16 where the CPU has native bf16), as (label, model, None) runs; what cannot be timed here is
+    said in one line."""
+    from .inference import exported_candidates
+    from .runtime import native_bf16
+
+    if prec == "bf16":  # ONNX Runtime has no bf16 GEMMs on CPUs; OpenVINO ignores its bf16 hint without them
+        runtimes = tuple(r for r in runtimes if r == "openvino" and native_bf16(torch.device("cpu")))
+    got = exported_candidates(model, runtimes, "bf16" if prec == "bf16" else "f32")
+    runs = []
+    for runtime in runtimes:
+        found = next((m for name, m in got.items() if name.lower().replace(" ", "").startswith(runtime)), None)
+        if found is None:
+            log(f"{runtime}: not timed (not installed, or the export failed: see the log)")
+        else:
+            runs.append((runtime, found, None))
+    return runs
+
+
 def timm_model(name: str) -> nn.Module | None:
     try:
         import timm
@@ -75,8 +96,10 @@ def timm_model(name: str) -> nn.Module | None:
 def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool = False,
                 models: list[tuple[str, str]] | None = None, resolutions: tuple[int, ...] = (112, 224, 448),
                 scale_models: tuple[str, ...] = ("mixer_b16_224", "vit_b16_224"), precisions=("fp32", "bf16"),
-                log: Callable[[str], None] = print, optimized: bool = False) -> dict[str, Any]:
-    """Mixer against the ViT of its size class at 224 px, then the resolution scan. A Ctrl-C keeps
+                log: Callable[[str], None] = print, optimized: bool = False, runtimes: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+    """Mixer against the ViT of its size class at 224 px, then the resolution scan. `runtimes`
+    ("onnxruntime", "openvino") also times each mixerlab model exported to them (CPU). A Ctrl-C keeps
     what was measured: the files are written with "interrupted": true, then KeyboardInterrupt goes on."""
     dev = torch.device(device)
     cores = torch.get_num_threads()
@@ -88,7 +111,7 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
     log(f"{m['cpu']}, {m['threads']} thread(s), {load_phrase(m['load_average'], m['usable_cores'])}")
     try:
         _measure(results, dev, cores, timing, batch, quick, models, resolutions, scale_models, precisions, log,
-                 optimized)
+                 optimized, runtimes)
     except KeyboardInterrupt:
         results["interrupted"] = True
         save_results(out_dir, "bench", results, to_markdown, plot)
@@ -99,7 +122,7 @@ def run_default(out_dir: Path, batch: int = 32, device: str = "cpu", quick: bool
 
 def _measure(results: dict[str, Any], dev: torch.device, cores: int, timing: dict, batch: int, quick: bool,
              models: list[tuple[str, str]], resolutions: tuple[int, ...], scale_models: tuple[str, ...],
-             precisions, log: Callable[[str], None], optimized: bool) -> None:
+             precisions, log: Callable[[str], None], optimized: bool, runtimes: tuple[str, ...] = ()) -> None:
     """The measurements of run_default, each appended to `results` as soon as it is made."""
     for prec in precisions:  # the machine's limit: the best GEMM rate of any backend
         g = gemm_rates(torch.bfloat16 if prec == "bf16" else torch.float32, dev,
@@ -121,11 +144,15 @@ def _measure(results: dict[str, Any], dev: torch.device, cores: int, timing: dic
             if optimized and source == "mixerlab":  # the fastest path this machine has, as users get it
                 from .inference import optimize_for_inference
 
-                # --quick (the smoke test) leaves torch.compile out: it is the slowest candidate to build
+                # --quick (the smoke test) leaves out torch.compile and the exported runtimes: they are
+                # the slowest candidates to build
                 fast = optimize_for_inference(model, torch.bfloat16 if prec == "bf16" else torch.float32,
-                                              compile=not quick, example=x)
+                                              compile=not quick, example=x,
+                                              **({"backends": ("onednn",)} if quick else {}))
                 runs.append(("mixerlab, optimize_for_inference", fast, None))
                 log(f"optimize_for_inference {name} {prec}: {fast.optimizations[-1]}")
+            if source == "mixerlab" and dev.type == "cpu":
+                runs += exported_runs(model, runtimes, prec, log)
             for label, m, autocast_dtype in runs:
                 ips, varied = inference_throughput(m, x, dev, autocast_dtype, with_spread=True, **timing)
                 limit = results["gemm"][prec]["best_gflops"]

@@ -15,9 +15,10 @@ Why each step (the measurements are in docs/benchmarks.md):
 - glibc malloc is told to keep freed pages (allocator.py): a fresh mmap per activation costs page
   faults on every call.
 - fp32 on a CPU: the GEMMs run at very different rates through MKL (torch's default), oneDNN with
-  prepacked weights and ONNX Runtime's MLAS, and which is fastest depends on the CPU (gemm.py). Each
-  available path is built, checked against eager (1e-4 of the logits' scale) and timed; the fastest
-  is kept.
+  prepacked weights, ONNX Runtime's MLAS and OpenVINO's CPU plugin (which fuses LayerNorm, GELU and the
+  adds into its own kernels), and which is fastest depends on the CPU (gemm.py). Each available path
+  is built, checked against eager (1e-4 of the logits' scale) and timed; the fastest is kept. In bf16
+  on a CPU with native bf16, OpenVINO with its bf16 hint is one more candidate.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .allocator import tune_cpu_allocator
+from .runtime import native_bf16
 from .timing import UNSTEADY, spread, time_interleaved
 
 log = logging.getLogger(__name__)
@@ -71,12 +73,13 @@ def optimize_for_inference(
     dtype: torch.dtype = torch.float32,
     compile: bool = True,
     example: torch.Tensor | None = None,
-    backends: tuple[str, ...] = ("onednn", "onnxruntime"),
+    backends: tuple[str, ...] = ("onednn", "onnxruntime", "openvino"),
 ) -> InferenceModel:
     """Return a fast, frozen copy of `model` for inference in `dtype` (float32 or bfloat16).
 
-    Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights and ONNX Runtime (where the
-    export extra is installed), as `backends` allows; with `compile=True`, torch.compile with
+    Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights, ONNX Runtime (where the
+    export extra is installed) and OpenVINO (the openvino extra), as `backends` allows; in bf16 on a
+    CPU with native bf16, OpenVINO's bf16; with `compile=True`, torch.compile with
     freezing. Each is checked against eager and timed on `example` (default: one random image; give
     your batch size: the bf16 compile is specialised to it, the fp32 one on a CPU takes any batch),
     and the fastest is kept; `.optimizations` says which and by how much, `.compile_time_s` what
@@ -101,6 +104,8 @@ def optimize_for_inference(
     cpu_fp32 = dtype == torch.float32 and device.type == "cpu"
     if cpu_fp32:
         candidates.update(_cpu_fp32_candidates(m, backends))
+    elif device.type == "cpu" and "openvino" in backends and native_bf16(device):
+        candidates.update(exported_candidates(m, ("openvino",), precision="bf16"))
     if compile:
         compiled = _compiled(token_mixing_as_rows(m) if cpu_fp32 else m, example, dynamic=cpu_fp32)
         if compiled is not None:
@@ -118,10 +123,7 @@ def _cpu_fp32_candidates(m: nn.Module, backends: tuple[str, ...]) -> dict[str, A
         with warnings.catch_warnings():  # MkldnnLinear is declared with a TorchScript API torch now deprecates
             warnings.simplefilter("ignore", FutureWarning)
             out["oneDNN, prepacked weights"] = to_onednn(m)
-    if "onnxruntime" in backends:
-        ort = _onnxruntime(m)
-        if ort is not None:
-            out["ONNX Runtime"] = ort
+    out.update(exported_candidates(m, tuple(b for b in backends if b in ("onnxruntime", "openvino"))))
     return out
 
 
@@ -143,20 +145,38 @@ def to_onednn(model: nn.Module) -> nn.Module:
     return m
 
 
-def _onnxruntime(m: nn.Module) -> Any:
-    """The model exported to ONNX and loaded in ONNX Runtime; None without the export extra."""
+def exported_candidates(m: nn.Module, runtimes: tuple[str, ...], precision: str = "f32") -> dict[str, Any]:
+    """The model exported to ONNX once and loaded in each of `runtimes` ("onnxruntime", "openvino":
+    converted from the same file), by their names; a runtime whose extra is not installed, or whose
+    export fails, is left out and said in the log."""
+    out: dict[str, Any] = {}
+    if not runtimes:
+        return out
     try:
         from ..export.onnx import export_onnx
         from ..export.runtime import load_exported
     except ImportError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mixerlab-ort-") as folder:
+        return out
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO" + (" (bf16 hint)" if precision == "bf16" else "")}
+    with tempfile.TemporaryDirectory(prefix="mixerlab-exported-") as folder:
+        onnx_file = Path(folder) / "model.onnx"
         try:
-            export_onnx(m, Path(folder) / "model.onnx", "optimize_for_inference")
-            return load_exported(Path(folder) / "model.onnx")  # the session holds the graph in memory
+            export_onnx(copy.deepcopy(m).float(), onnx_file, "optimize_for_inference")
         except Exception as e:  # noqa: BLE001 - a missing package or an export failure: the others remain
-            log.info("ONNX Runtime candidate unavailable: %s: %s", type(e).__name__, str(e)[:200])
-            return None
+            log.info("exported candidates unavailable: %s: %s", type(e).__name__, str(e)[:200])
+            return out
+        for runtime in runtimes:
+            try:
+                path = onnx_file
+                if runtime == "openvino":
+                    from ..export.openvino import export_openvino
+
+                    path = Path(folder) / "model.xml"
+                    export_openvino(copy.deepcopy(m).float(), path, "optimize_for_inference", onnx_file=onnx_file)
+                out[names[runtime]] = load_exported(path, precision=precision)  # held in memory once loaded
+            except Exception as e:  # noqa: BLE001 - as above, for this runtime alone
+                log.info("%s candidate unavailable: %s: %s", runtime, type(e).__name__, str(e)[:200])
+    return out
 
 
 def token_mixing_as_rows(model: nn.Module) -> nn.Module:

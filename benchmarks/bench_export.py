@@ -1,6 +1,7 @@
-"""Exported models side by side in one run: ONNX Runtime fp32 and int8 against optimize_for_inference
-and eager PyTorch, for Mixer-B/16 (random weights: speed does not depend on them) and a trained small
-model; and the int8 accuracy change on Fashion-MNIST for a trained run.
+"""Exported models side by side in one run: ONNX Runtime fp32 and int8 and OpenVINO fp32 and int8
+(NNCF, where the openvino extra is installed) against optimize_for_inference and eager PyTorch, for
+Mixer-B/16 (random weights: speed does not depend on them) and a trained small model; and the int8
+accuracy change on Fashion-MNIST for a trained run.
 
     .venv/bin/python benchmarks/bench_export.py [--run runs/demo] [--batches 1 8 32] [--out runs/bench-export]
 
@@ -38,6 +39,7 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
     threads = os.cpu_count()
     runners = {"onnxruntime fp32": load_exported(fp32, threads), "onnxruntime int8": load_exported(int8, threads),
                "eager fp32": model}
+    runners.update(openvino_runners(name, model, out, fp32, threads))
     rows = []
     cfg = model.config
     dev = torch.device("cpu")
@@ -58,10 +60,33 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
     return rows
 
 
+def openvino_runners(name: str, model: torch.nn.Module, out: Path, fp32: Path, threads: int) -> dict:
+    """OpenVINO fp32 and int8 IRs of `model` (int8 calibrated on 64 noise images: speed only), loaded."""
+    try:
+        from mixerlab.export.openvino import export_openvino
+    except ImportError:
+        return {}
+    cfg = model.config
+    ir, ir8 = out / f"{name}.xml", out / f"{name}-int8.xml"
+    try:
+        if not ir.exists():
+            export_openvino(model, ir, name, onnx_file=fp32)
+        if not ir8.exists():
+            calib = [torch.randn(8, cfg.in_chans, *cfg.img_size).numpy() for _ in range(8)]
+            export_openvino(model, ir8, name, int8=True, calibration=calib, onnx_file=fp32)
+    except mixerlab.MixerlabError as e:
+        print(f"no OpenVINO rows: {e}")
+        return {}
+    return {"openvino fp32": load_exported(ir, threads), "openvino int8": load_exported(ir8, threads)}
+
+
 def accuracy(run: str, out: Path) -> dict:
-    """Test top-1 of the run in PyTorch, as ONNX fp32 and as ONNX int8 (mixerlab eval on each)."""
+    """Test top-1 of the run in PyTorch, as ONNX fp32 and int8 and as OpenVINO fp32 and int8 (NNCF,
+    calibrated on 256 training images) (mixerlab eval on each)."""
     res = {}
-    exports = {"onnx fp32": (out / "run.onnx", []), "onnx int8": (out / "run-int8.onnx", ["--int8"])}
+    exports = {"onnx fp32": (out / "run.onnx", []), "onnx int8": (out / "run-int8.onnx", ["--int8"]),
+               "openvino fp32": (out / "run.xml", []),
+               "openvino int8": (out / "run-int8.xml", ["--int8", "--data", "fashion-mnist"])}
     for label, src in (("pytorch", run), *((k, str(v[0])) for k, v in exports.items())):
         if label in exports and not Path(src).exists():
             subprocess.run([sys.executable, "-m", "mixerlab", "export", run, src, *exports[label][1]], check=True)
@@ -69,7 +94,8 @@ def accuracy(run: str, out: Path) -> dict:
         subprocess.run([sys.executable, "-m", "mixerlab", "eval", src, "--data", "fashion-mnist", "--out", str(ev)],
                        check=True, capture_output=True)
         res[label] = json.loads((ev / "eval.json").read_text())["top1"]
-        print(f"Fashion-MNIST test top-1, {label:<10} {100 * res[label]:.2f}%", flush=True)
+        print(f"Fashion-MNIST test top-1, {label:<14} {100 * res[label]:.2f}% "
+              f"({100 * (res[label] - res['pytorch']):+.2f} points)", flush=True)
     return res
 
 
@@ -86,7 +112,7 @@ def main() -> None:
     if Path(args.run).exists():
         results["accuracy"] = accuracy(args.run, out)
         small = mixerlab.from_pretrained(args.run).eval()
-        results["rows"] += speeds("demo", small, out, args.batches, not args.no_compile)
+        results["rows"] += speeds(Path(args.run).name, small, out, args.batches, not args.no_compile)
     b16 = mixerlab.create_model("mixer_b16_224").eval()
     torch.nn.init.normal_(b16.head.weight, std=0.01)
     results["rows"] += speeds("mixer_b16_224", b16, out, args.batches, not args.no_compile)

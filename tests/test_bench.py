@@ -196,3 +196,25 @@ def test_a_speed_up_over_a_baseline_that_collapsed_is_called_unreliable(caplog):
     fn, note = _fastest({"eager": eager, "fast": lambda x: x * 2}, torch.ones(3), torch.device("cpu"), torch.float32)
     assert "unreliable: a time varied" in note and "load average" in note and "other jobs" in note
     assert "unreliable" in caplog.text
+
+
+def test_int8_keeps_the_fastest_path_that_keeps_the_answers(monkeypatch):
+    from mixerlab.perf import int8
+
+    model, x = _reference()
+    with pytest.raises(ValueError, match="int8 needs calibration="):
+        optimize_for_inference(model, torch.int8)
+    with pytest.raises(ValueError, match=r"at least 16 images \(N, C, H, W\).*got shape \(4, 3, 32, 32\)"):
+        optimize_for_inference(model, torch.int8, calibration=x[:4])
+    built = int8.int8_candidates(model, x[:32])
+    assert set(built) == {"ONNX Runtime int8 dynamic", "ONNX Runtime int8 static", "OpenVINO int8 (NNCF)"}
+    monkeypatch.setattr(int8, "int8_candidates", lambda m, c: built)  # built once, chosen from twice below
+    fast = optimize_for_inference(model, torch.int8, calibration=x, example=x[:8], min_agreement=0.75)
+    note = fast.optimizations[-1]
+    assert "x fp32 eager" in note and "top-1 agreement with fp32 on 32 held-out images" in note
+    assert all(name in note for name in built)
+    with torch.no_grad():
+        agree = (fast(x).argmax(1) == model(x).argmax(1)).float().mean().item()
+    assert agree >= 0.75 and fast(x).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"no int8 path keeps the model's answers: .*at least 101.0% is asked"):
+        optimize_for_inference(model, torch.int8, calibration=x, min_agreement=1.01)

@@ -74,6 +74,8 @@ def optimize_for_inference(
     compile: bool = True,
     example: torch.Tensor | None = None,
     backends: tuple[str, ...] = ("onednn", "onnxruntime", "openvino"),
+    calibration: torch.Tensor | None = None,
+    min_agreement: float = 0.99,
 ) -> InferenceModel:
     """Return a fast, frozen copy of `model` for inference in `dtype` (float32 or bfloat16).
 
@@ -84,10 +86,17 @@ def optimize_for_inference(
     your batch size: the bf16 compile is specialised to it, the fp32 one on a CPU takes any batch),
     and the fastest is kept; `.optimizations` says which and by how much, `.compile_time_s` what
     building the candidates cost. The original model is left untouched.
+
+    int8 (CPU): `calibration` is a batch of real inputs (normalised, as the model takes them; 16 or
+    more): ONNX Runtime dynamic and static and OpenVINO NNCF int8 are built on its first half, and the
+    fastest whose top-1 agrees with the fp32 model on the other half at least `min_agreement` of the
+    time is kept (int8.py); ValueError when none does.
     """
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.int8):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.int8, got {dtype}")
     m = copy.deepcopy(model).eval().requires_grad_(False)
+    if dtype == torch.int8:
+        return _int8(m, calibration, example, min_agreement)
     optimizations = ["eval", "no-grad inference mode"]
     device = next(m.parameters()).device
     if device.type == "cpu" and tune_cpu_allocator():
@@ -115,6 +124,25 @@ def optimize_for_inference(
     fn, note = _fastest(candidates, example, device, dtype)
     optimizations.append(note)
     return InferenceModel(m, fn, dtype, optimizations, build_time)
+
+
+def _int8(m: nn.Module, calibration: torch.Tensor | None, example: torch.Tensor | None, min_agreement: float
+          ) -> InferenceModel:
+    from .int8 import choose_int8
+
+    if calibration is None:
+        raise ValueError("int8 needs calibration=: a batch of 16 or more real inputs, normalised as the model "
+                         "takes them")
+    if next(m.parameters()).device.type != "cpu":
+        raise ValueError("int8 runs on the CPU (ONNX Runtime, OpenVINO); move the model to the CPU first")
+    optimizations = ["eval", "no-grad inference mode"]
+    if tune_cpu_allocator():
+        optimizations.append("malloc keeps freed pages")
+    t = time.perf_counter()
+    example = calibration[:1] if example is None else example
+    fn, note = choose_int8(m.float(), calibration, example, min_agreement)
+    optimizations.append(note)
+    return InferenceModel(m, fn, torch.float32, optimizations, time.perf_counter() - t)  # int8 inside, fp32 in and out
 
 
 def _cpu_fp32_candidates(m: nn.Module, backends: tuple[str, ...]) -> dict[str, Any]:

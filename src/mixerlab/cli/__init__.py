@@ -35,7 +35,7 @@ COMMANDS: list[tuple[str, str, Callable, Callable]] = [
      add_fewshot, run_fewshot),
     ("embed", "write the pre-logit features of every image of a dataset (safetensors + index.jsonl)", add_embed,
      run_embed),
-    ("export", "write an ONNX (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",
+    ("export", "write an ONNX or OpenVINO (fp32 or int8) or AOTInductor (.pt2) file, checked against PyTorch",
      add_export, run_export),
     ("serve", "an HTTP inference server with dynamic batching (FastAPI on uvicorn, or Ray Serve)",
      add_serve, run_serve),

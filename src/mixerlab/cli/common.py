@@ -18,11 +18,11 @@ def preprocess_overrides(args: argparse.Namespace) -> dict:
 def add_trust_compiled(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-compiled", action="store_true",
                    help="allow loading a .pt2 package, which is native code that runs when loaded (only for "
-                        "files you made or trust); .onnx and checkpoints never run code from the file")
+                        "files you made or trust); .onnx, .xml and checkpoints never run code from the file")
 
 
 def load_for_inference(src: str, args: argparse.Namespace):
-    """A PyTorch model from any checkpoint, or an exported .onnx/.pt2 file behind the same interface."""
+    """A PyTorch model from any checkpoint, or an exported .onnx/.xml/.pt2 file behind the same interface."""
     from ..export.runtime import is_exported, load_exported
     from ..weights.load import from_pretrained
 

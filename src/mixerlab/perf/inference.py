@@ -77,7 +77,7 @@ def optimize_for_inference(
     calibration: torch.Tensor | None = None,
     min_agreement: float = 0.99,
 ) -> InferenceModel:
-    """Return a fast, frozen copy of `model` for inference in `dtype` (float32 or bfloat16).
+    """Return a fast, frozen copy of `model` for inference in `dtype` (float32, bfloat16 or int8).
 
     Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights, ONNX Runtime (where the
     export extra is installed) and OpenVINO (the openvino extra), as `backends` allows; in bf16 on a

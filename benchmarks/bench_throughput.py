@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 import mixerlab
-from mixerlab.perf.bench import inference_throughput, train_throughput
-from mixerlab.perf.gemm import gemm_rates
+from mixerlab.perf.bench import inference_throughput, onednn_phrase, train_throughput
+from mixerlab.perf.gemm import gemm_rates, onednn_kernels
 from mixerlab.perf.runtime import native_bf16
 from mixerlab.perf.timing import machine_info
 
@@ -105,6 +105,10 @@ def main() -> None:
     mixerlab.tune_cpu_allocator()
     res: dict = {"machine": machine_info(), "batch": args.batch}
     print(json.dumps(res["machine"]))
+    if dev.type == "cpu":  # the ISA oneDNN runs on, and whether its kernels use AMX, per precision
+        res["onednn"] = {p: onednn_kernels(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        for p, k in res["onednn"].items():
+            print(f"oneDNN {p}: {onednn_phrase(k)}")
     torch.manual_seed(0)
     ours = mixerlab.create_model("mixer_b16_224").to(dev).eval()
     x = torch.randn(args.batch, 3, 224, 224, device=dev)

@@ -32,6 +32,8 @@ def test_bench_cli_on_tiny_models_writes_valid_json(tmp_path):
     assert set(res["gemm"]["bf16"]["backends"]) == {"torch"}
     assert all(0 < r["share_of_gemm_limit"] for r in res["inference"])
     assert "GEMM limit, fp32:" in (out / "bench.md").read_text()
+    # which ISA oneDNN ran on and whether AMX was used, per precision, from oneDNN's own verbose output
+    assert set(res["onednn"]) == {"fp32", "bf16"} and "oneDNN, fp32: ISA " in (out / "bench.md").read_text()
     fast = [r for r in res["inference"] if r["source"] == "mixerlab, optimize_for_inference"]
     assert [(r["model"], r["precision"]) for r in fast] == [(m, p) for m in ("mixer_nano", "vit_nano")
                                                             for p in ("fp32", "bf16")]
@@ -218,3 +220,17 @@ def test_int8_keeps_the_fastest_path_that_keeps_the_answers(monkeypatch):
     assert agree >= 0.75 and fast(x).dtype == torch.float32
     with pytest.raises(ValueError, match=r"no int8 path keeps the model's answers: .*at least 101.0% is asked"):
         optimize_for_inference(model, torch.int8, calibration=x, min_agreement=1.01)
+
+
+def test_onednn_reports_its_isa_and_kernels_and_amx_only_where_the_cpu_has_it():
+    from mixerlab.perf.gemm import onednn_kernels
+    from mixerlab.perf.timing import machine_info
+
+    fp32 = onednn_kernels(torch.float32)
+    assert fp32["isa"] and fp32["kernels"] and all(":" in k for k in fp32["kernels"])  # e.g. brg_matmul:avx2
+    has_amx = "amx_bf16" in machine_info()["isa"]
+    bf16 = onednn_kernels(torch.bfloat16)
+    assert bf16["isa"] == fp32["isa"]  # oneDNN says it once per process; the second report keeps it
+    assert not bf16["amx_used"] or has_amx
+    if has_amx:
+        assert bf16["amx_used"] and "AMX" in bf16["isa"]

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..models.flops import count_flops
 from ..models.registry import create_model
 from ..training.optim import make_fused
-from .gemm import SHAPES, gemm_rates
+from .gemm import SHAPES, gemm_rates, onednn_kernels
 from .threads import load_phrase
 from .timing import UNSTEADY, machine_info, time_call, time_call_spread
 
@@ -130,6 +130,10 @@ def _measure(results: dict[str, Any], dev: torch.device, cores: int, timing: dic
         results["gemm"][prec] = g
         log(f"GEMM {prec}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in g["backends"].items())
             + f"; the limit: {g['best_backend']}")
+        if dev.type == "cpu":  # what oneDNN runs on here, and whether its kernels use AMX
+            k = onednn_kernels(torch.bfloat16 if prec == "bf16" else torch.float32)
+            results.setdefault("onednn", {})[prec] = k
+            log(f"oneDNN {prec}: {onednn_phrase(k)}")
     for name, source in models:
         model = create_model(name) if source == "mixerlab" else timm_model(name)
         if model is None:
@@ -189,6 +193,11 @@ def save_results(out_dir: Path, stem: str, results: dict[str, Any], markdown: Ca
     return results
 
 
+def onednn_phrase(k: dict[str, Any]) -> str:
+    kernels = ", ".join(k["kernels"]) or "none (oneDNN ran no Linear in this precision)"
+    return f"ISA {k['isa'] or 'not reported'}; Linear kernels {kernels}; AMX used: {'yes' if k['amx_used'] else 'no'}"
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; batch {results['batch']}; "
@@ -198,6 +207,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     for prec, g in results.get("gemm", {}).items():
         lines.append(f"GEMM limit, {prec}: " + ", ".join(f"{k} {v:.0f}" for k, v in g["backends"].items())
                      + f" GFLOP/s; the best is {g['best_backend']}.")
+    for prec, k in results.get("onednn", {}).items():
+        lines.append(f"oneDNN, {prec}: {onednn_phrase(k)}.")
     lines += ["", "| source | model | precision | img/s | img/s/core | share of the GEMM limit |",
               "| --- | --- | --- | --- | --- | --- |"]
     for r in results["inference"]:

@@ -86,3 +86,50 @@ def gemm_rates(dtype: torch.dtype = torch.float32, device: torch.device | str = 
     top = max(best, key=best.get)
     return {"dtype": str(dtype).replace("torch.", ""), "best_gflops": best[top], "best_backend": top,
             "backends": best, "shapes": rows}
+
+
+_ONEDNN_ISA: str | None = None
+
+
+def onednn_kernels(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+    """Which ISA oneDNN runs on and which kernels it picks for a Linear in `dtype`, from its own verbose
+    output (`torch.backends.mkldnn.verbose`), captured at the file-descriptor level since oneDNN prints
+    from C: {"isa": "Intel AVX2" or "... Intel AMX ...", "kernels": ["brg_matmul:avx512_core_amx", ...],
+    "amx_used": bool}. Empty when oneDNN ran nothing (fp32 Linear through MKL, bf16 emulated)."""
+    import os
+    import re
+    import sys
+    import tempfile
+    import warnings
+
+    if not torch.backends.mkldnn.is_available():
+        return {"isa": None, "kernels": [], "amx_used": False}
+    x = torch.randn(64, 256)
+    if dtype == torch.float32:  # torch's own fp32 path is MKL; the prepacked Linear is oneDNN's
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.utils.mkldnn import MkldnnLinear
+
+            lin = MkldnnLinear(torch.nn.Linear(256, 256), torch.float32)
+    else:
+        lin, x = torch.nn.Linear(256, 256).to(dtype), x.to(dtype)
+    with tempfile.TemporaryFile() as f:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(f.fileno(), 1)
+        try:
+            with torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                lin(x)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    global _ONEDNN_ISA
+    isa = next((m.group(1).strip() for m in re.finditer(r"onednn_verbose,(?:v1,)?info,cpu,isa:(.*)", text)), None)
+    _ONEDNN_ISA = isa = isa or _ONEDNN_ISA  # oneDNN prints its header once per process
+    rows = [[c for c in line.split(",") if c != "v1"] for line in text.splitlines()]  # "v1": oneDNN >= 3.5
+    kernels = sorted({r[5] for r in rows if len(r) > 5 and r[0] == "onednn_verbose" and r[1] == "primitive"
+                      and r[4] in ("matmul", "inner_product")})
+    return {"isa": isa, "kernels": kernels, "amx_used": any("amx" in k for k in kernels)}

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 import mixerlab
-from mixerlab.perf.bench import inference_throughput, onednn_phrase, train_throughput
+from mixerlab.perf.bench import exported_runs, inference_throughput, onednn_phrase, train_throughput
 from mixerlab.perf.gemm import gemm_rates, onednn_kernels
 from mixerlab.perf.runtime import native_bf16
 from mixerlab.perf.timing import machine_info
@@ -56,39 +56,15 @@ def timm_compiled(peer: nn.Module, x: torch.Tensor, dev: torch.device, label: st
 
 def exported_peers(model: nn.Module, x: torch.Tensor, dev: torch.device, label: str, timing: dict) -> dict:
     """Images/s of our ONNX export under ONNX Runtime (fp32) and OpenVINO (f32 or bf16 hint), each
-    where installed; the engines use every core the process has (LATENCY hint: one request, all cores)."""
-    import tempfile
-
-    from mixerlab.export.onnx import export_onnx
-
+    where installed, loaded as optimize_for_inference loads them (`exported_runs`: each runtime's own
+    thread default; OpenVINO with its LATENCY hint: one request on all cores)."""
     out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/mixer.onnx"
-        export_onnx(copy.deepcopy(model).cpu(), path, source="bench")
-        xn = x.cpu().numpy()
-        if label == "fp32":
-            try:
-                import onnxruntime as ort
+    for runtime, m, _ in exported_runs(copy.deepcopy(model).cpu(), ("onnxruntime", "openvino"), label):
+        out[runtime] = inference_throughput(m, x, dev, **timing)
+    if "openvino" in out:
+        import openvino as ov
 
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = torch.get_num_threads()
-                sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-                name = sess.get_inputs()[0].name
-                out["onnxruntime"] = inference_throughput(lambda _: sess.run(None, {name: xn}), x, dev, **timing)
-            except ImportError:
-                print("onnxruntime not installed: no ONNX Runtime column")
-        try:
-            import openvino as ov
-
-            core = ov.Core()
-            compiled = core.compile_model(core.read_model(path), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32" if label == "fp32" else "bf16", "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-            request = compiled.create_infer_request()
-            out["openvino"] = inference_throughput(lambda _: request.infer({0: xn}), x, dev, **timing)
-            out["openvino_version"] = ov.__version__
-        except ImportError:
-            print("openvino not installed: no OpenVINO column")
+        out["openvino_version"] = ov.__version__
     return out
 
 

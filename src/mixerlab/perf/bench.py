@@ -77,7 +77,7 @@ def exported_runs(model: nn.Module, runtimes: tuple[str, ...], prec: str, log: C
     got = exported_candidates(model, runtimes, "bf16" if prec == "bf16" else "f32")
     runs = []
     for runtime in runtimes:
-        found = next((m for name, m in got.items() if name.lower().replace(" ", "").startswith(runtime)), None)
+        found = got.get(runtime)
         if found is None:
             log(f"{runtime}: not timed (not installed, or the export failed: see the log)")
         else:

@@ -30,17 +30,22 @@ def _torch_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device
     return 2 * m * k * n / mm_seconds(m, k, n, dtype, device)
 
 
-def _onednn_rate(m: int, k: int, n: int) -> float | None:
-    """fp32 through oneDNN with the weight prepacked, as `torch.utils.mkldnn.to_mkldnn` runs a Linear."""
-    if not torch.backends.mkldnn.is_available():
-        return None
+def prepacked(linear: torch.nn.Linear) -> torch.nn.Module:
+    """`linear` in fp32 through oneDNN with its weight prepacked once (`torch.utils.mkldnn.MkldnnLinear`)."""
     import warnings
 
     with warnings.catch_warnings():  # MkldnnLinear is declared with a TorchScript API torch now deprecates
         warnings.simplefilter("ignore", FutureWarning)
         from torch.utils.mkldnn import MkldnnLinear
 
-        lin = MkldnnLinear(torch.nn.Linear(k, n, bias=False), torch.float32)
+        return MkldnnLinear(linear, torch.float32)
+
+
+def _onednn_rate(m: int, k: int, n: int) -> float | None:
+    """fp32 through oneDNN with the weight prepacked, as `torch.utils.mkldnn.to_mkldnn` runs a Linear."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    lin = prepacked(torch.nn.Linear(k, n, bias=False))
     x = torch.randn(m, k)
     with torch.no_grad():
         return 2 * m * k * n / time_call(lambda: lin(x), torch.device("cpu"), warmup=2, iters=3, repeats=3)
@@ -100,17 +105,12 @@ def onednn_kernels(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
     import re
     import sys
     import tempfile
-    import warnings
 
     if not torch.backends.mkldnn.is_available():
         return {"isa": None, "kernels": [], "amx_used": False}
     x = torch.randn(64, 256)
     if dtype == torch.float32:  # torch's own fp32 path is MKL; the prepacked Linear is oneDNN's
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            from torch.utils.mkldnn import MkldnnLinear
-
-            lin = MkldnnLinear(torch.nn.Linear(256, 256), torch.float32)
+        lin = prepacked(torch.nn.Linear(256, 256))
     else:
         lin, x = torch.nn.Linear(256, 256).to(dtype), x.to(dtype)
     with tempfile.TemporaryFile() as f:

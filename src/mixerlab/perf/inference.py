@@ -28,7 +28,6 @@ import logging
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from .allocator import tune_cpu_allocator
+from .gemm import prepacked
 from .runtime import native_bf16
 from .timing import UNSTEADY, spread, time_interleaved
 
@@ -114,7 +114,8 @@ def optimize_for_inference(
     if cpu_fp32:
         candidates.update(_cpu_fp32_candidates(m, backends))
     elif device.type == "cpu" and "openvino" in backends and native_bf16(device):
-        candidates.update(exported_candidates(m, ("openvino",), precision="bf16"))
+        candidates.update({f"{RUNTIME_NAMES[r]} (bf16 hint)": model
+                           for r, model in exported_candidates(m, ("openvino",), precision="bf16").items()})
     if compile:
         compiled = _compiled(token_mixing_as_rows(m) if cpu_fp32 else m, example, dynamic=cpu_fp32)
         if compiled is not None:
@@ -148,10 +149,9 @@ def _int8(m: nn.Module, calibration: torch.Tensor | None, example: torch.Tensor 
 def _cpu_fp32_candidates(m: nn.Module, backends: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "onednn" in backends and torch.backends.mkldnn.is_available():
-        with warnings.catch_warnings():  # MkldnnLinear is declared with a TorchScript API torch now deprecates
-            warnings.simplefilter("ignore", FutureWarning)
-            out["oneDNN, prepacked weights"] = to_onednn(m)
-    out.update(exported_candidates(m, tuple(b for b in backends if b in ("onnxruntime", "openvino"))))
+        out["oneDNN, prepacked weights"] = to_onednn(m)
+    exported = exported_candidates(m, tuple(b for b in backends if b in RUNTIME_NAMES))
+    out.update({RUNTIME_NAMES[r]: model for r, model in exported.items()})
     return out
 
 
@@ -159,8 +159,6 @@ def to_onednn(model: nn.Module) -> nn.Module:
     """A copy whose Linear layers run through oneDNN with their weights prepacked once. Token mixing
     multiplies by its weights from the left (`TokenMlp`), which oneDNN's linear does not do: it keeps
     torch's path (an eighth of B/16's GEMM FLOPs)."""
-    from torch.utils.mkldnn import MkldnnLinear
-
     from ..models.mixer import TokenMlp
 
     m = copy.deepcopy(model)
@@ -169,13 +167,16 @@ def to_onednn(model: nn.Module) -> nn.Module:
             continue
         for name, child in parent.named_children():
             if type(child) is nn.Linear:
-                setattr(parent, name, MkldnnLinear(child, torch.float32))
+                setattr(parent, name, prepacked(child))
     return m
+
+
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}  # as .optimizations names them
 
 
 def exported_candidates(m: nn.Module, runtimes: tuple[str, ...], precision: str = "f32") -> dict[str, Any]:
     """The model exported to ONNX once and loaded in each of `runtimes` ("onnxruntime", "openvino":
-    converted from the same file), by their names; a runtime whose extra is not installed, or whose
+    converted from the same file), keyed by runtime; a runtime whose extra is not installed, or whose
     export fails, is left out and said in the log."""
     out: dict[str, Any] = {}
     if not runtimes:
@@ -185,11 +186,11 @@ def exported_candidates(m: nn.Module, runtimes: tuple[str, ...], precision: str 
         from ..export.runtime import load_exported
     except ImportError:
         return out
-    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO" + (" (bf16 hint)" if precision == "bf16" else "")}
+    fp32 = copy.deepcopy(m).float()  # the exporters cast their model in place; `m` may be bf16
     with tempfile.TemporaryDirectory(prefix="mixerlab-exported-") as folder:
         onnx_file = Path(folder) / "model.onnx"
         try:
-            export_onnx(copy.deepcopy(m).float(), onnx_file, "optimize_for_inference")
+            export_onnx(fp32, onnx_file, "optimize_for_inference")
         except Exception as e:  # noqa: BLE001 - a missing package or an export failure: the others remain
             log.info("exported candidates unavailable: %s: %s", type(e).__name__, str(e)[:200])
             return out
@@ -200,8 +201,8 @@ def exported_candidates(m: nn.Module, runtimes: tuple[str, ...], precision: str 
                     from ..export.openvino import export_openvino
 
                     path = Path(folder) / "model.xml"
-                    export_openvino(copy.deepcopy(m).float(), path, "optimize_for_inference", onnx_file=onnx_file)
-                out[names[runtime]] = load_exported(path, precision=precision)  # held in memory once loaded
+                    export_openvino(fp32, path, "optimize_for_inference", onnx_file=onnx_file)
+                out[runtime] = load_exported(path, precision=precision)  # held in memory once loaded
             except Exception as e:  # noqa: BLE001 - as above, for this runtime alone
                 log.info("%s candidate unavailable: %s: %s", runtime, type(e).__name__, str(e)[:200])
     return out

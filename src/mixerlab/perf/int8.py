@@ -38,9 +38,10 @@ def int8_candidates(model: nn.Module, calibration: torch.Tensor) -> dict[str, nn
 
     out: dict[str, nn.Module] = {}
     batches = [b.numpy() for b in calibration.float().cpu().split(32)]
+    model = copy.deepcopy(model).float().eval()  # the exporters cast their model in place
     with tempfile.TemporaryDirectory(prefix="mixerlab-int8-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
-        export_onnx(copy.deepcopy(model).float().eval(), fp32, "optimize_for_inference int8")
+        export_onnx(model, fp32, "optimize_for_inference int8")
         builds = {"ONNX Runtime int8 dynamic": "dynamic", "ONNX Runtime int8 static": "static",
                   "OpenVINO int8 (NNCF)": "openvino"}
         for name, how in builds.items():
@@ -49,8 +50,8 @@ def int8_candidates(model: nn.Module, calibration: torch.Tensor) -> dict[str, nn
                     from ..export.openvino import export_openvino
 
                     path = Path(folder) / "int8.xml"
-                    export_openvino(copy.deepcopy(model).float().eval(), path, "optimize_for_inference int8",
-                                    int8=True, calibration=batches, onnx_file=fp32)
+                    export_openvino(model, path, "optimize_for_inference int8", int8=True, calibration=batches,
+                                    onnx_file=fp32)
                 else:
                     from ..export.quantize import quantize_onnx
 

@@ -4,7 +4,6 @@ optimize_for_inference and as a runtime of `mixerlab bench` is tested in test_be
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -161,4 +160,4 @@ def test_a_missing_openvino_is_named(trained, tmp_path, capsys, monkeypatch):  #
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     assert cli(["export", str(run), str(tmp_path / "m.xml")]) == 2
     assert "pip install 'mixerlab[openvino]'" in capsys.readouterr().err
-    assert not np.any([p.suffix == ".bin" for p in tmp_path.iterdir()])
+    assert not any(p.suffix == ".bin" for p in tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""The speedrun recipe and its whitened stem."""
+"""The Fashion-MNIST recipes (speedrun, best) and the speedrun's whitened stem."""
 
 import numpy as np
 import pytest
@@ -65,13 +65,15 @@ def test_the_speedrun_run_starts_from_the_whitened_stem(tmp_path):
     assert torch.allclose(w[:8], r[:8], atol=1e-4) and torch.equal(w[49:57], -w[:8])
 
 
-def test_speedrun_on_other_images_says_what_it_assumes(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["speedrun", "best"])
+def test_fashion_mnist_recipes_on_other_images_say_what_they_assume(tmp_path, capsys, recipe):
     for c in range(2):
         d = tmp_path / "photos" / f"class{c}"
         d.mkdir(parents=True)
         for i in range(4):
             Image.fromarray(np.full((64, 64, 3), 40 * i + c, np.uint8)).save(d / f"{i}.png")
-    assert cli(["train", "--recipe", "speedrun", "--data", str(tmp_path / "photos"), "--out",
+    assert cli(["train", "--recipe", recipe, "--data", str(tmp_path / "photos"), "--out",
                 str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "--recipe speedrun is made for 28x28 grey images" in err and "3 x 64 x 64" in err
+    assert f"--recipe {recipe} is made for 28x28 grey images" in err and "3 x 64 x 64" in err
+    assert "Use the default recipe (auto)" in err and not (tmp_path / "run").exists()

@@ -20,6 +20,8 @@ HELP = {
     "memory_budget_gb": "a folder that would take more memory than this decoded is streamed (default: half the "
                         "available memory)",
     "val_data": "validation shards, when --data names training shards (default: the ones dataset.json lists)",
+    "random_erase": "probability that a training image gets one random rectangle (2-33%% of its area) replaced "
+                    "by noise (random erasing, Zhong et al. 2017; applied after the other augmentations)",
     "crop_scale": "streaming: the smallest area of a random resized crop (default 0.08)",
     "compile": "run the step's forward and backward through torch.compile (the first step pays the compile)",
 }
@@ -44,7 +46,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="preset (each option's help gives its value under each): auto (the default: Muon, length, "
                         "warmup and flips from the data), scratch (paper pre-training, AdamW), finetune (paper "
                         "fine-tuning, SGD), demo (make demo's Fashion-MNIST run), speedrun (Fashion-MNIST in about a "
-                        "minute on 2 CPU cores)")
+                        "minute on 2 CPU cores), best (the most Fashion-MNIST accuracy: 100 epochs, hours on 2 CPU "
+                        "cores, resumable)")
     p.add_argument("--config", help="YAML, TOML or JSON file of training options (flags win over it)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     p.add_argument("--processes", type=positive_int, default=None, metavar="N",

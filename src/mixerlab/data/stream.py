@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..perf.allocator import untune_in_worker
 from .decode import DecodeError, decode_image
+from .transforms import random_erase
 
 SAMPLE_SEED_STRIDE = 1_000_003
 NO_SAMPLE = "no sample could be read: "  # an error that ends the run: a reader's every source failed
@@ -66,7 +67,7 @@ def collate(samples: list[tuple[int, torch.Tensor | None, int, str | None]]) -> 
 
 
 def train_transform(size: tuple[int, int], flip: bool, randaug_n: int, randaug_m: int, crop_scale: float,
-                    interpolation: str = "bicubic") -> Callable:
+                    interpolation: str = "bicubic", random_erase: float = 0.0) -> Callable:
     """Decoded Pillow image -> augmented uint8 (C, H, W) tensor, drawing from torch's generator."""
     from torchvision.transforms import v2  # here: its import costs seconds (transforms.eval_image says why)
 
@@ -77,7 +78,13 @@ def train_transform(size: tuple[int, int], flip: bool, randaug_n: int, randaug_m
         ops.append(v2.RandomHorizontalFlip())
     if randaug_n > 0:
         ops.append(v2.RandAugment(num_ops=randaug_n, magnitude=randaug_m))
+    if random_erase > 0:  # the in-memory path's erasing, so both paths train on the same distribution
+        ops.append(partial(_erase_one, p=random_erase))
     return v2.Compose(ops)
+
+
+def _erase_one(x: torch.Tensor, p: float) -> torch.Tensor:
+    return random_erase(x.unsqueeze(0), p)[0]
 
 
 def decode_sample(source, name: str, channels: int, transform: Callable, seed: int | None

@@ -96,12 +96,40 @@ def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def random_erase(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 1 / 3),
+                 log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017), torchvision's ranges: with probability p an image gets one
+    rectangle of `area` of its pixels, aspect ratio exp(U(log_ratio)), filled with uniform noise.
+
+    Drawn for the whole batch at once: torchvision redraws a rectangle that does not fit up to 10
+    times, one image at a time; here its sides are clipped to the image instead, so a tall thin draw
+    becomes a full-height stripe."""
+    if p <= 0:
+        return x
+    b, c, h, w = x.shape
+    dev = x.device
+    a = torch.empty(b, device=dev).uniform_(*area) * (h * w)
+    r = torch.empty(b, device=dev).uniform_(*log_ratio).exp()
+    eh = (a * r).sqrt().round().clamp_(1, h).long()
+    ew = (a / r).sqrt().round().clamp_(1, w).long()
+    y0 = (torch.rand(b, device=dev) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, device=dev) * (w - ew + 1)).long()
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    inside = ((ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1))
+              & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)))
+    chosen = torch.rand(b, device=dev) < p
+    mask = (inside & chosen.view(b, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
+    noise = torch.randint(0, 256, x.shape, dtype=torch.uint8, device=dev).to(x.dtype)
+    return torch.where(mask, noise, x)
+
+
 class BatchAugment:
-    """crop + flip + RandAugment(n, m), all optional, on a uint8 batch; returns it uint8."""
+    """crop + flip + RandAugment(n, m) + random erasing, all optional, on a uint8 batch; returns it uint8."""
 
     def __init__(self, crop_pad: int = 0, flip: bool = False, randaug_n: int = 0, randaug_m: int = 9,
-                 chunk: int = 16):
-        self.crop_pad, self.flip, self.chunk = crop_pad, flip, chunk
+                 random_erase: float = 0.0, chunk: int = 16):
+        self.crop_pad, self.flip, self.erase, self.chunk = crop_pad, flip, random_erase, chunk
         if randaug_n > 0:
             from torchvision.transforms import v2
         self.randaug = v2.RandAugment(num_ops=randaug_n, magnitude=randaug_m) if randaug_n > 0 else None
@@ -113,7 +141,7 @@ class BatchAugment:
         if self.randaug is not None:
             # RandAugment draws its ops once per call: call it per chunk so images get different ops.
             x = torch.cat([self.randaug(c) for c in x.split(self.chunk)])
-        return x
+        return random_erase(x, self.erase)  # last, as torchvision's and timm's pipelines place it
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -53,4 +53,6 @@ def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoc
         parts.append(f"crops of +-{cfg.crop_pad} px" if cfg.crop_pad else "no crops")
     parts.append(f"RandAugment {cfg.randaug_n} ops at {cfg.randaug_m}" if cfg.randaug_n else "no RandAugment")
     parts.append(f"mixup {cfg.mixup}" if cfg.mixup else "no mixup")
+    if cfg.random_erase:
+        parts.append(f"random erasing {cfg.random_erase:.0%} of images")
     return f"recipe {cfg.recipe}: " + "; ".join(parts)

@@ -56,6 +56,7 @@ class TrainConfig:
     mixup: float = 0.0
     randaug_n: int = 0
     randaug_m: int = 9
+    random_erase: float = 0.0  # probability of erasing a random rectangle of each training image with noise
     crop_pad: int = 2  # in memory: pad and crop back
     crop_scale: float = 0.08  # streaming: the smallest area of a random resized crop (the paper's Inception crop)
     flip: bool | None = None  # None: on for built-in sets known to be mirror-invariant, else off
@@ -116,7 +117,7 @@ RULES: dict[str, Rule] = {
     "batch_size": at_least(1), "accum_steps": at_least(1), "lr": Rule(lo=0.0, lo_open=True), "min_lr": at_least(0),
     "betas": fraction(), "momentum": fraction(), "weight_decay": at_least(0), "warmup_epochs": at_least(0),
     "clip_grad": at_least(0), "label_smoothing": fraction(), "mixup": at_least(0), "randaug_n": at_least(0),
-    "randaug_m": Rule(0, 30), "crop_pad": at_least(0),
+    "randaug_m": Rule(0, 30), "random_erase": fraction(hi_open=False), "crop_pad": at_least(0),
     "crop_scale": Rule(0.0, 1.0, lo_open=True), "workers": at_least(0), "memory_budget_gb": Rule(lo=0.0, lo_open=True),
     "drop_path_rate": fraction(), "drop_rate": fraction(),
     "ema": fraction(), "seed": at_least(0), "eval_batch_size": at_least(1), "max_steps_per_epoch": at_least(1),

@@ -26,7 +26,7 @@ class MemoryFeed:
     def __init__(self, run) -> None:
         cfg = run.cfg
         self.run, self.train = run, run.data.train
-        self.augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.randaug_n, cfg.randaug_m)
+        self.augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.randaug_n, cfg.randaug_m, cfg.random_erase)
 
     def steps(self, epoch: int, start: int) -> Iterator[Step]:
         """Lazily: each step's batches are drawn when asked for, after the trainer seeded the step."""
@@ -53,7 +53,7 @@ class StreamFeed:
         cfg, ctx, mcfg = run.cfg, run.ctx, run.model.config
         self.run = run
         transform = train_transform(tuple(mcfg.img_size), cfg.flip, cfg.randaug_n, cfg.randaug_m, cfg.crop_scale,
-                                    mcfg.interpolation)
+                                    mcfg.interpolation, cfg.random_erase)
         self.loader, self.position = run.data.train.train_loader(transform, cfg.batch_size, cfg.seed, ctx.rank,
                                                                  ctx.world_size, run.device)
         self._saved: dict | None = None  # the loader's state from a checkpoint, used by the next epoch

@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .control import StopFlag, quiet_logs
 from .feed import make_feed, note_bad_images
 from .finish import finish_run
+from .recipes import check_recipe_data
 from .setup import build_model, build_optimizer, lr_lambda
 from .step import compile_for_training, step_seed, train_step
 from .whiten import whiten_stem
@@ -96,11 +97,7 @@ class Run:
         budget = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
         self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict, stream=cfg.stream,
                                  workers=cfg.workers, val_data=cfg.val_data, budget_bytes=budget)
-        if cfg.recipe == "speedrun" and (tuple(self.data.img_size) != (28, 28) or self.data.in_chans != 1):
-            raise TrainingError(f"--recipe speedrun is made for 28x28 grey images (Fashion-MNIST, MNIST: a Mixer "
-                                f"with 7x7 patches, one epoch); {cfg.data} has {self.data.in_chans} x "
-                                f"{self.data.img_size[0]} x {self.data.img_size[1]} images. Use the default "
-                                "recipe (auto) for them")
+        check_recipe_data(cfg.recipe, cfg.data, self.data.in_chans, self.data.img_size)
         if self.data.val is None and getattr(self.data, "test", None) is None:
             raise TrainingError(f"{cfg.data}: --val-split 0 leaves no images to score the epochs on (a folder "
                                 "without val/); give --val-split 0.1, or val/ and train/ folders")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ import torch
 import torch.nn as nn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 
 from ..data.decode import DecodeError
 from ..data.transforms import image_for_model
@@ -63,6 +65,13 @@ def model_name(src: str | Path | nn.Module) -> str:
     return Path(src).resolve().name or str(src)
 
 
+def blank_png(cfg) -> bytes:
+    """A black PNG of the model's input size and colour, to warm the decoding path with."""
+    buf = io.BytesIO()
+    Image.new("L" if cfg.in_chans == 1 else "RGB", (cfg.img_size[1], cfg.img_size[0])).save(buf, "PNG")
+    return buf.getvalue()
+
+
 class Server:
     """The model, its batcher, its decoding pool and its metrics; one per app."""
 
@@ -75,6 +84,7 @@ class Server:
         self.decoding = 0  # images admitted to the pool whose decoding has not finished
         self.ready = self.stopping = False
         self._starting: asyncio.Lock | None = None
+        self._starting_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         return probabilities(self.model, images)
@@ -82,10 +92,23 @@ class Server:
     async def start(self) -> None:
         """Start the batcher and warm the model up; once, however many callers (the app's startup, or
         the first request where a host does not run the startup)."""
-        self._starting = self._starting or asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._starting_loop is not loop:  # a lock belongs to the loop it was first used on
+            self._starting, self._starting_loop = asyncio.Lock(), loop
         async with self._starting:
+            if self.batcher is not None and self.batcher.loop is not loop and not self.stopping:
+                self._retire()
             if self.batcher is None and not self.stopping:
                 await self._start()
+
+    def _retire(self) -> None:
+        """Drop a batcher whose event loop has ended: a host that runs the app again on a new loop (a
+        second asyncio.run, a second test client) would otherwise queue images nobody takes."""
+        self.ready = False
+        self.batcher.executor.shutdown(wait=False, cancel_futures=True)
+        self.batcher = None
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
 
     async def _start(self) -> None:
         lim = self.limits
@@ -94,6 +117,9 @@ class Server:
         self.batcher.start()
         cfg = self.model.config
         warm = torch.zeros(cfg.in_chans, *cfg.img_size, dtype=torch.uint8)
+        if cfg.in_chans in (1, 3):  # the decoding path too: its first call imports torchvision (seconds)
+            loop = asyncio.get_running_loop()
+            warm = await loop.run_in_executor(self.decoder, self._decode_now, blank_png(cfg))
         await asyncio.gather(*(self.batcher.submit(warm) for _ in range(min(lim.max_batch, 4))))
         self.ready = True
 
@@ -107,7 +133,7 @@ class Server:
     async def admit(self, n: int) -> None:
         """Room for n more images (being decoded or queued), or 503: the queue bound covers both. Where
         a host runs no startup (some test clients, a mounted sub-app), the first request starts it."""
-        if not self.ready:
+        if not self.ready or self.batcher.loop is not asyncio.get_running_loop():
             await self.start()
         if not self.ready:
             raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})

@@ -46,10 +46,12 @@ class Batcher:
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixerlab-model")
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the event loop its task runs on
         self.busy = False  # a batch is on the worker thread
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._loop())
 
     @property
     def depth(self) -> int:

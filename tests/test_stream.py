@@ -174,6 +174,15 @@ def test_pack_and_shard_errors(folder, shards, tmp_path, capsys):
         load_dataset(str(tmp_path / "lone" / "train-000000.tar"))
 
 
+def test_a_folders_test_split_streams_and_is_packed(tmp_path):
+    root = make_jpeg_folder(tmp_path / "imgs", n=8, bad=False)
+    (root / "val").rename(root / "test")
+    ds = load_dataset(str(root), stream=True, val_split=0.25, workers=0)
+    assert ds.streaming and (len(ds.train), len(ds.val), len(ds.test)) == (18, 6, 12)
+    index = mixerlab.data.shards.pack_folder(root, tmp_path / "packed", 100, val_split=0.25, progress=False)
+    assert {k: sum(v["counts"].values()) for k, v in index["splits"].items()} == {"train": 18, "val": 6, "test": 12}
+
+
 def test_torchrun_two_processes_stream_shards(shards, tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(shards), "--model", "mixer_nano", "--batch-size", "4", "--epochs", "1", "--img-size", "16",

@@ -444,3 +444,36 @@ def test_a_single_folder_with_val_split_0_is_all_training_data_and_a_run_on_it_i
     with pytest.raises(TrainingError, match="--val-split 0 leaves no images to score the epochs on"):
         train(tiny_cfg(tmp_path, root, val_split=0))
     assert not (tmp_path / "run").exists()  # a failed start leaves nothing
+
+
+def test_a_folder_with_train_and_test_holds_out_validation_and_only_scores_test(tmp_path):
+    import shutil
+
+    root = make_image_folder(tmp_path / "tt", n=12)  # train/ 36 images, val/ 18
+    (root / "val").rename(root / "test")
+    ds = load_dataset(str(root), val_split=0.25)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (27, 9, 18)  # val from train/, test/ untouched
+
+    def rows(split):
+        return {bytes(x.numpy().tobytes()) + bytes([int(y)]) for x, y in zip(split.images, split.labels)}
+
+    assert not (rows(ds.train) | rows(ds.val)) & rows(ds.test) and not rows(ds.train) & rows(ds.val)
+    summary = train(tiny_cfg(tmp_path, root, epochs=2, val_split=0.25))
+    run = tmp_path / "run"
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_top1" in r and "test_top1" not in r for r in epochs)  # test/ never chose anything
+    assert summary["selected_on"] == "val" and "test_top1" in summary
+    assert json.loads((run / "final_eval.json").read_text())["split"] == "test"
+    # --val-split 0: everything in train/ trains, the last epoch is kept, test/ is the curve
+    ds = load_dataset(str(root), val_split=0)
+    assert ds.val is None and len(ds.train) == 36 and len(ds.test) == 18
+    # with val/ as well, val/ chooses and test/ is scored
+    three = make_image_folder(tmp_path / "three", n=12)
+    shutil.copytree(three / "val", three / "test")
+    ds = load_dataset(str(three))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (36, 18, 18)
+    with pytest.raises(mixerlab.DataError, match="train/ and test/ but no val/ folder; pass --val-split"):
+        load_dataset(str(root), val_split=1.5)
+    (root / "test" / "stripe").rename(root / "test" / "zigzag")
+    with pytest.raises(mixerlab.DataError, match="train and test have different classes.*stripe.*zigzag"):
+        load_dataset(str(root))

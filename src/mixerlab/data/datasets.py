@@ -9,8 +9,8 @@ the step time. Sources:
   else downloaded and checked against known checksums;
 - `cifar10`, `cifar100`: the python-format folders (`cifar-10-batches-py`, `cifar-100-python`), read
   through torchvision;
-- any other value is a path: an ImageFolder tree, with `train/` and `val/` (or `test/`) folders or a
-  single folder split with `--val-split`.
+- any other value is a path: an ImageFolder tree, with `train/` and `val/` and/or `test/` folders (test/
+  is only scored, never chosen on) or a single folder split with `--val-split`.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ class Dataset:
     # Whether a mirror image is still of the same class: True for the built-in sets where it is
     # (clothes, photos), False where it is not (digits), None for a folder nobody has said it of.
     mirror_invariant: bool | None = None
-    # The built-in sets' official test images: scored at the end of a run and by `eval`, never used
-    # to choose anything. Folders and shards have none (their val/ is what they have).
+    # Test images: scored at the end of a run and by `eval`, never used to choose anything. The
+    # built-in sets' official ones, and a folder's test/; shards have none.
     test: Split | None = None
     streaming = False  # decoded in memory; see StreamDataset
 
@@ -116,7 +116,7 @@ class StreamDataset:
     img_size: tuple[int, int]
     in_chans: int
     mirror_invariant: bool | None = None
-    test: Any = None  # folders and shards have none: their val is what they have
+    test: Any = None  # a folder's test/, as for Dataset; shards have none
     streaming = True
 
     @property

@@ -1,5 +1,5 @@
-"""ImageFolder trees: <root>/<class>/<images>, with train/ and val/ (or test/) folders or one folder
-split by --val-split, decoded into memory at one size and colour (`choose_shape`), or streamed from
+"""ImageFolder trees: <root>/<class>/<images>, with train/ and val/ and/or test/ folders or one
+folder split by --val-split, decoded into memory at one size and colour (`choose_shape`), or streamed from
 disk (stream.py) when the decoded images would not fit the memory budget."""
 
 from __future__ import annotations
@@ -108,27 +108,41 @@ def _describe(root: Path, infos: list[tuple[int, int, int]], size: tuple[int, in
             f"(the most common); {resized} resized, {converted} converted to {'grey' if channels == 1 else 'RGB'}")
 
 
-def _split_items(root: Path, val_split: float, seed: int) -> tuple[list[str], list, list]:
-    """(classes, train items, val items): from train/ and val/ (or test/) folders, or one folder split."""
+def _split_items(root: Path, val_split: float, seed: int) -> tuple[list[str], list, list, list]:
+    """(classes, train items, val items, test items). With train/ and val/ folders, val/ chooses
+    best.pt; a test/ beside them is only scored. With train/ and test/ but no val/, `val_split` of
+    train/ is held out to choose on, so that test/ never chooses anything (as with the built-in sets).
+    One folder of class folders is split by `val_split`."""
     train_dir = root / "train"
-    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
+    if train_dir.is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
         classes, train_items = _list_images(train_dir)
-        val_classes, val_items = _list_images(val_dir)
-        if val_classes != classes:
-            only_t = sorted(set(classes) - set(val_classes))
-            only_v = sorted(set(val_classes) - set(classes))
-            raise DataError(f"{root}: train and {val_dir.name} have different classes "
-                            f"(only in train: {only_t}; only in {val_dir.name}: {only_v})")
-        return classes, train_items, val_items
+        test_items = _same_classes(root, "test", classes) if (root / "test").is_dir() else []
+        if (root / "val").is_dir():
+            return classes, train_items, _same_classes(root, "val", classes), test_items
+        train_items, val_items = _hold_out(root, train_items, val_split, seed, "train/ and test/ but no val/ folder")
+        return classes, train_items, val_items, test_items
     classes, items = _list_images(root)
+    return (classes, *_hold_out(root, items, val_split, seed, "no train/ and val/ folders"), [])
+
+
+def _same_classes(root: Path, name: str, classes: list[str]) -> list:
+    got, items = _list_images(root / name)
+    if got != classes:
+        only_t, only_o = sorted(set(classes) - set(got)), sorted(set(got) - set(classes))
+        raise DataError(f"{root}: train and {name} have different classes "
+                        f"(only in train: {only_t}; only in {name}: {only_o})")
+    return items
+
+
+def _hold_out(root: Path, items: list, val_split: float, seed: int, layout: str) -> tuple[list, list]:
+    """(train, val): a seeded `val_split` of `items` held out; none with 0 (everything trains)."""
     if not 0 <= val_split < 1:
-        raise DataError(f"{root}: no train/ and val/ folders; pass --val-split between 0 and 1")
+        raise DataError(f"{root}: {layout}; pass --val-split between 0 and 1")
     if val_split == 0:  # everything is training data (embed, or a run that says it scores nothing)
-        return classes, items, []
+        return items, []
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(len(items) * val_split)))
-    return classes, [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
 
 
 def memory_budget() -> int:
@@ -163,10 +177,10 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
     """An ImageFolder tree: decoded once into memory at one size and colour (`choose_shape`), or
     streamed from disk (`stream=True`, or None and the decoded images would take more than
     `budget_bytes`, by default half the memory available)."""
-    classes, train_items, val_items = _split_items(root, val_split, seed)
+    classes, train_items, val_items, test_items = _split_items(root, val_split, seed)
     size, channels = _sample_shape(train_items, img_size, seed)
     if stream is None:
-        need = (len(train_items) + len(val_items)) * size[0] * size[1] * channels
+        need = (len(train_items) + len(val_items) + len(test_items)) * size[0] * size[1] * channels
         budget = memory_budget() if budget_bytes is None else budget_bytes
         stream = need > budget
         if stream:
@@ -176,22 +190,27 @@ def load_image_folder(root: Path, img_size: tuple[int, int] | None = None, val_s
     if stream:
         if img_size is None and max(size) > STREAM_DEFAULT_SIZE:
             size = (STREAM_DEFAULT_SIZE, STREAM_DEFAULT_SIZE)
-        return _streamed(root, classes, train_items, val_items, size, channels, workers)
+        return _streamed(root, classes, train_items, val_items, test_items, size, channels, workers)
     train_items, train_infos = _survey(train_items, strict)
     val_items, val_infos = _survey(val_items, strict) if val_items else ([], [])
+    test_items, test_infos = _survey(test_items, strict) if test_items else ([], [])
     size, channels = choose_shape(train_infos, img_size)
-    log.info(_describe(root, train_infos + val_infos, size, channels, img_size is not None))
+    log.info(_describe(root, train_infos + val_infos + test_infos, size, channels, img_size is not None))
     train = _decode(train_items, size, channels, strict)
     val = _decode(val_items, size, channels, strict) if val_items else None
-    return Dataset(root.name, train, val, classes)
+    test = _decode(test_items, size, channels, strict) if test_items else None
+    return Dataset(root.name, train, val, classes, test=test)
 
 
-def _streamed(root: Path, classes: list[str], train_items: list, val_items: list, size: tuple[int, int],
-              channels: int, workers: int | None) -> StreamDataset:
+def _streamed(root: Path, classes: list[str], train_items: list, val_items: list, test_items: list,
+              size: tuple[int, int], channels: int, workers: int | None) -> StreamDataset:
     workers = default_workers() if workers is None else workers
-    log.info("%s: streaming %s training and %s validation images at %dx%d, %s, with %d worker process(es)",
-             root, f"{len(train_items):,}", f"{len(val_items):,}", size[0], size[1],
+    log.info("%s: streaming %s training, %s validation and %s test images at %dx%d, %s, with %d worker process(es)",
+             root, f"{len(train_items):,}", f"{len(val_items):,}", f"{len(test_items):,}", size[0], size[1],
              "grey" if channels == 1 else "RGB", workers)
-    return StreamDataset(root.name, FolderStream(train_items, channels, size, workers),
-                         FolderStream(val_items, channels, size, workers) if val_items else None, classes,
-                         tuple(size), channels)
+
+    def stream(items: list) -> FolderStream | None:
+        return FolderStream(items, channels, size, workers) if items else None
+
+    return StreamDataset(root.name, stream(train_items), stream(val_items), classes, tuple(size), channels,
+                         test=stream(test_items))

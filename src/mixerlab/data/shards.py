@@ -302,12 +302,13 @@ def _pack_split(wds, tqdm, name: str, items: list[tuple[Path, int]], out: Path, 
 
 def pack_folder(root: Path, out: Path, shard_size: int, val_split: float = 0.1, seed: int = 0,
                 img_size: tuple[int, int] | None = None, progress: bool = True) -> dict:
-    """`mixerlab data pack`: an ImageFolder tree (train/ and val/, or one folder split) as shards."""
+    """`mixerlab data pack`: an ImageFolder tree (train/ with val/ and/or test/, or one folder split) as
+    shards; a test/ folder becomes test shards, listed in dataset.json beside the others."""
     from .folders import STREAM_DEFAULT_SIZE, _sample_shape, _split_items
 
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
-    classes, train_items, val_items = _split_items(Path(root), val_split, seed)
+    classes, train_items, val_items, test_items = _split_items(Path(root), val_split, seed)
     # Shards are read in order and shuffled only within a buffer: write the samples in random order,
     # or a buffer would hold one class at a time.
     rng = torch.Generator().manual_seed(seed)
@@ -315,4 +316,5 @@ def pack_folder(root: Path, out: Path, shard_size: int, val_split: float = 0.1, 
     size, channels = _sample_shape(train_items, img_size, seed)
     if img_size is None and max(size) > STREAM_DEFAULT_SIZE:
         size = (STREAM_DEFAULT_SIZE, STREAM_DEFAULT_SIZE)
-    return pack({"train": train_items, "val": val_items}, classes, Path(out), shard_size, size, channels, progress)
+    splits = {"train": train_items, "val": val_items, **({"test": test_items} if test_items else {})}
+    return pack(splits, classes, Path(out), shard_size, size, channels, progress)

@@ -132,13 +132,20 @@ def main() -> None:
     demo = mixerlab.get_config("mixer_nano", in_chans=1, img_size=28, num_classes=10)
     xb = torch.randn(128, 1, 28, 28, device=dev)
     for prec in ("fp32", "bf16") if native_bf16(dev) else ("fp32",):
-        a = train_throughput(mixerlab.MlpMixer(demo).to(dev), xb, dev, prec, **timing)
-        row = {"ours": a}
+        makers = {"ours": lambda: mixerlab.MlpMixer(demo)}
         try:
-            b = train_throughput(timm_way_mixer(demo).to(dev), xb, dev, prec, **timing)
-            row.update(timm_way=b, ratio=a / b)
+            timm_way_mixer(demo)
+            makers["timm_way"] = lambda: timm_way_mixer(demo)
         except ImportError:
             pass
+        # Two rounds, alternating, the best of each kept: whichever ran first was measured cold (0.80x
+        # for ours in a run where the second round gave 1.05x).
+        row = {k: 0.0 for k in makers}
+        for _ in range(2):
+            for k, make in makers.items():
+                row[k] = max(row[k], train_throughput(make().to(dev), xb, dev, prec, **timing))
+        if "timm_way" in row:
+            row["ratio"] = row["ours"] / row["timm_way"]
         res[f"train_{prec}"] = row
         print("train", prec, {k: round(v, 3) for k, v in row.items()})
 

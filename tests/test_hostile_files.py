@@ -98,7 +98,7 @@ def test_a_config_depth_is_bounded_by_the_blocks_the_weights_hold(saved, capsys,
 
 def test_class_names_that_do_not_fit_the_head_are_refused(saved):
     cfg = json.loads((saved / "config.json").read_text())
-    for names, msg in ((["one"], "names 1 classes for a model of 3"),
+    for names, msg in ((["one"], "'class_names' lists 1 name for a model of 3 classes"),
                        ("abc", "'class_names' must be a list of strings"), ([1, 2, 3], "must be a list of strings")):
         (saved / "config.json").write_text(json.dumps({**cfg, "class_names": names}))
         with pytest.raises(CheckpointError, match=msg):

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.config import config_from_dict
+from ..models.config import class_names_problem, config_from_dict
 from .onnx import ExportError, read_metadata, require
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt2")
@@ -61,13 +61,9 @@ def checked_metadata(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     except (ConfigError, TypeError, ValueError) as e:
         raise ExportError(f"{path}: metadata key 'mixerlab_config' is not a valid model config: {e}") from None
     names = meta.get("class_names")
-    if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ExportError(f"{path}: metadata key 'class_names' must be a list of strings or null, "
-                              f"found {str(names)[:100]!r}")
-        if len(names) != cfg.num_classes:
-            raise ExportError(f"{path}: metadata key 'class_names' lists {len(names)} names for a model of "
-                              f"{cfg.num_classes} classes")
+    problem = class_names_problem(names, cfg.num_classes)
+    if problem:
+        raise ExportError(f"{path}: metadata key {problem}")
     return {**meta, "config": cfg, "class_names": names}
 
 

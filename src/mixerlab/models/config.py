@@ -158,3 +158,16 @@ def config_from_dict(d: dict[str, Any]) -> MixerConfig | ViTConfig:
     if arch not in CONFIG_CLASSES:
         raise ConfigError(f"unknown arch {arch!r} in config; known: {sorted(CONFIG_CLASSES)}")
     return CONFIG_CLASSES[arch].from_dict(d)  # type: ignore[return-value]
+
+
+def class_names_problem(names: Any, num_classes: int) -> str | None:
+    """What is wrong with `names` as the class names of a model of `num_classes` classes (None: they
+    fit, or there are none): one wording for checkpoints and exported files alike."""
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return f"'class_names' must be a list of strings or null, found {str(names)[:100]!r}"
+    if len(names) != num_classes:
+        return (f"'class_names' lists {len(names)} name{'s' if len(names) != 1 else ''} for a model of {num_classes} "
+                f"classes (num_classes)")
+    return None

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
 from ..models import serialization
-from ..models.config import MixerConfig, ViTConfig, config_from_dict
+from ..models.config import MixerConfig, ViTConfig, class_names_problem, config_from_dict
 from ..models.layers import to_2tuple
 from ..models.registry import create_model as create_random_model
 from ..models.registry import get_config, model_from_config
@@ -184,11 +184,9 @@ def load_state_and_config(
         cfg = config_from_dict(config)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise CheckpointError(f"{path}: 'class_names' must be a list of strings, found {str(names)[:100]!r}")
-    if names is not None and len(names) != cfg.num_classes:
-        raise CheckpointError(f"{path}: its config names {len(names)} classes for a model of {cfg.num_classes} "
-                              f"(num_classes)")
+    problem = class_names_problem(names, cfg.num_classes)
+    if problem:
+        raise CheckpointError(f"{path}: its config's {problem}")
     return sd, cfg, "mixerlab", names
 
 

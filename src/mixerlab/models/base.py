@@ -50,12 +50,16 @@ class ClassifierBase(FeatureMixin, nn.Module):
         else:
             self.head = nn.Identity()
 
-    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block, recomputed in the backward instead of stored when checkpointing is on."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            for blk in self.blocks:
-                x = checkpoint(blk, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = self._run_block(blk, x)
+        return x
 
     # -- the model's own saved form -----------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

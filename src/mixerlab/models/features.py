@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 Indices = int | Sequence[int] | None
 
@@ -52,8 +51,7 @@ class FeatureMixin:
         x = self._embed(x)
         out = []
         for i, blk in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
-            ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-            x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            x = self._run_block(blk, x)
             if i in taken:
                 out.append(self._to_nlc(self.norm(x) if norm else x))
         p = self.num_prefix_tokens

@@ -42,9 +42,10 @@ def test_train_help_gives_each_recipes_defaults_and_print_config_the_resolved_op
     with pytest.raises(SystemExit):
         cli(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--lr LR default by --recipe: auto 0.01, demo 0.01, finetune 0.03, scratch 0.002, speedrun 0.01" in text
-    assert ("--optimizer {adamw,sgd,muon} default by --recipe: auto muon, demo muon, finetune sgd, scratch adamw, "
-            "speedrun muon") in text
+    assert ("--lr LR default by --recipe: auto 0.01, best 0.01, demo 0.01, finetune 0.03, scratch 0.002, "
+            "speedrun 0.01") in text
+    assert ("--optimizer {adamw,sgd,muon} default by --recipe: auto muon, best muon, demo muon, finetune sgd, "
+            "scratch adamw, speedrun muon") in text
     assert "--momentum MOMENTUM default 0.9" in text  # one value where every recipe agrees
     (tmp_path / "c.yaml").write_text("lr: 0.5\nepochs: 3\n")
     assert cli(["train", "--recipe", "scratch", "--config", str(tmp_path / "c.yaml"), "--epochs", "4",

@@ -104,7 +104,7 @@ class Server:
     def _retire(self) -> None:
         """Drop a batcher whose event loop has ended: a host that runs the app again on a new loop (a
         second asyncio.run, a second test client) would otherwise queue images nobody takes."""
-        self.ready = False
+        self.ready, self.decoding = False, 0  # what the old loop was decoding will never be answered
         self.batcher.executor.shutdown(wait=False, cancel_futures=True)
         self.batcher = None
         if self.decoder is not None:

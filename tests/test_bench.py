@@ -71,9 +71,24 @@ def _reference():
     return model, torch.randn(64, 3, 32, 32)
 
 
-def test_optimize_fp32_compiled_matches_eager():
+@pytest.fixture(scope="module")
+def fp32_optimized():
+    """optimize_for_inference in fp32 with compile, and the compiled candidate it built: the two tests
+    below share one compile (tens of seconds on 2 cores)."""
+    from mixerlab.perf import inference
+
     model, x = _reference()
-    fast = optimize_for_inference(model, torch.float32, compile=True, example=x, backends=())  # eager or compiled
+    built = []
+    real = inference._compiled
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "_compiled", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+        fast = optimize_for_inference(model, torch.float32, compile=True, example=x, backends=())  # eager or compiled
+    assert len(built) == 1 and built[0] is not None
+    return model, x, fast, built[0]
+
+
+def test_optimize_fp32_compiled_matches_eager(fp32_optimized):
+    model, x, fast, _ = fp32_optimized
     assert fast.compile_time_s >= 0
     # The compiled forward was timed against eager and one of them kept, saying which.
     assert sum("torch.compile" in m for m in fast.optimizations) == 1
@@ -85,19 +100,25 @@ def test_optimize_fp32_compiled_matches_eager():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_compiled_candidate_is_not_recompiled_on_the_first_real_call(dtype):
+def test_a_compiled_candidate_is_not_recompiled_on_the_first_real_call(dtype, request):
     # built on the example, then called by InferenceModel with a caller's ordinary tensor: the input
     # form must match what torch.compile guarded on, or every user pays a second compile
     from mixerlab.perf.inference import InferenceModel, _compiled, as_input
 
-    model, x = _reference()
-    m = copy.deepcopy(model).eval().requires_grad_(False).to(dtype)
-    compiled = _compiled(m, as_input(x, dtype), dynamic=dtype == torch.float32)
+    if dtype == torch.float32:  # the very candidate optimize_for_inference built and timed
+        model, x, _, compiled = request.getfixturevalue("fp32_optimized")
+        m = model
+    else:
+        model, x = _reference()
+        m = copy.deepcopy(model).eval().requires_grad_(False).to(dtype)
+        compiled = _compiled(m, as_input(x, dtype))
     assert compiled is not None
     fast = InferenceModel(m, compiled, dtype, [], 0.0)
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = fast(torch.randn_like(x))
+        out_other_batch = fast(torch.randn_like(x[:5])) if dtype == torch.float32 else out  # symbolic batch
     assert out.dtype == torch.float32 and out.shape == (x.shape[0], model.num_classes)
+    assert out_other_batch.shape[1] == model.num_classes
 
 
 def test_optimize_bf16_agrees_on_top1():

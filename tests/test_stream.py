@@ -196,16 +196,18 @@ def test_torchrun_two_processes_stream_shards(shards, tmp_path):
     assert summary["world_size"] == 2 and summary["epochs"] == 1
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfgs: list, stop: int | None):
+def _ddp_worker(rank: int, world: int, jobs: list):
+    """Runs each (port, config or run folder to resume, steps to stop after) in turn, each train()
+    with a process group of its own: one spawn (and torch import) for several runs."""
     import multiprocessing
 
     # A process made by mp.spawn makes its own children by spawn too (each importing torch afresh);
     # ranks under torchrun or `--processes`, as users run them, fork their loader workers.
     multiprocessing.set_start_method("fork", force=True)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    for cfg in cfgs:
+    for port, cfg, stop in jobs:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
         if isinstance(cfg, str):
             train(resume=cfg)
         else:
@@ -224,10 +226,12 @@ def test_two_processes_resume_shards_mid_epoch_bitwise(shards, tmp_path):
             return s.getsockname()[1]
 
     base = dict(batch_size=4, workers=1, optimizer="adamw", epochs=1)
-    mp.spawn(_ddp_worker, args=(2, port(), [_cfg(shards, tmp_path / "whole", **base)], None), nprocs=2)
-    mp.spawn(_ddp_worker, args=(2, port(), [_cfg(shards, tmp_path / "parts", **base)], 2), nprocs=2)
-    ckpt = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
+    parts = tmp_path / "parts"
+
+    jobs = [(port(), _cfg(shards, tmp_path / "whole", **base), None), (port(), _cfg(shards, parts, **base), 2)]
+    mp.spawn(_ddp_worker, args=(2, jobs), nprocs=2)
+    ckpt = torch.load(parts / "last.pt", weights_only=True)
     ranks = ckpt["ranks"]
     assert ckpt["step_in_epoch"] == 2 and len(ranks) == 2 and ranks[0]["loader"] != ranks[1]["loader"]
-    mp.spawn(_ddp_worker, args=(2, port(), [str(tmp_path / "parts")], None), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, [(port(), str(parts), None)]), nprocs=2)
     _same_run(tmp_path / "whole", tmp_path / "parts")

@@ -261,6 +261,26 @@ def test_download_against_a_local_server(tmp_path, monkeypatch):
         server.shutdown()
 
 
+def test_an_unreachable_mirror_says_how_to_give_the_files_by_hand(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setitem(data_mod.SYSTEM_DIRS, "fashion-mnist", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MIXERLAB_DATA", raising=False)
+    with socket.socket() as s:  # a port nothing listens on: refused at once, as offline is
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MIXERLAB_MIRROR", f"http://127.0.0.1:{port}/")
+    assert cli(["train", "--data", "fashion-mnist", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"could not download train-images-idx3-ubyte for fashion-mnist: http://127.0.0.1:{port}/" in err
+    assert "put the four files (train-images-idx3-ubyte.gz, " in err
+    assert str(tmp_path / "home" / ".cache" / "mixerlab" / "fashion-mnist") in err
+    assert "apt-get install dataset-fashion-mnist" in err and "MIXERLAB_MIRROR" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_cifar_format_folder(tmp_path):
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()

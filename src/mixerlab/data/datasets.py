@@ -58,6 +58,7 @@ MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/"],
 }
 SYSTEM_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}  # installs into SYSTEM_DIRS
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -199,7 +200,16 @@ def load_idx_dataset(name: str, data_dir: str | None = None, download: bool = Tr
         if not download:
             raise DataError(f"{name} not found in --data-dir, $MIXERLAB_DATA, ~/.cache/mixerlab or "
                             f"{SYSTEM_DIRS[name]}")
-        d = download_idx(name, Path(data_dir or Path.home() / ".cache" / "mixerlab") / name)
+        dest = Path(data_dir or Path.home() / ".cache" / "mixerlab") / name
+        try:
+            d = download_idx(name, dest)
+        except DataError as e:  # offline, a proxy, a mirror gone: say how to give the files by hand
+            files = ", ".join(f"{f}.gz" for f in IDX_FILES.values())
+            debian = (f" (on Debian or Ubuntu: apt-get install {DEBIAN_PACKAGES[name]}, which puts them in "
+                      f"{SYSTEM_DIRS[name]})") if name in DEBIAN_PACKAGES else f" or {SYSTEM_DIRS[name]}"
+            raise DataError(f"{e}. Without a download, put the four files ({files}) in {dest}, in "
+                            f"$MIXERLAB_DATA/{name}{debian}, or set MIXERLAB_MIRROR to a URL that serves them"
+                            ) from None
     arrays = {}
     for key, fname in IDX_FILES.items():
         path = d / fname if (d / fname).is_file() else d / f"{fname}.gz"

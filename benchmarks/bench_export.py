@@ -1,5 +1,6 @@
 """Exported models side by side in one run: ONNX Runtime fp32 and int8 and OpenVINO fp32 and int8
-(NNCF, where the openvino extra is installed) against optimize_for_inference and eager PyTorch, for
+(NNCF, where the openvino extra is installed) against optimize_for_inference, eager PyTorch and, on a
+CPU with native bf16, our bf16 path (the fastest int8 over it is printed: #27 asks 1.6x), for
 Mixer-B/16 (random weights: speed does not depend on them) and a trained small model; and the int8
 accuracy change on Fashion-MNIST for a trained run.
 
@@ -26,6 +27,8 @@ from mixerlab.export.onnx import export_onnx
 from mixerlab.export.quantize import quantize_onnx
 from mixerlab.export.runtime import load_exported
 from mixerlab.perf.bench import inference_throughput
+from mixerlab.perf.inference import optimize_for_inference
+from mixerlab.perf.runtime import native_bf16
 from mixerlab.perf.timing import machine_info
 
 
@@ -40,9 +43,11 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
     runners = {"onnxruntime fp32": load_exported(fp32, threads), "onnxruntime int8": load_exported(int8, threads),
                "eager fp32": model}
     runners.update(openvino_runners(name, model, out, fp32, threads))
+    dev = torch.device("cpu")
+    if native_bf16(dev):  # int8 is worth its accuracy check only if it beats our own bf16 (#27: 1.6x)
+        runners["mixerlab bf16 (eager)"] = optimize_for_inference(model, torch.bfloat16, compile=False, backends=())
     rows = []
     cfg = model.config
-    dev = torch.device("cpu")
     for b in batches:
         x = torch.randn(b, cfg.in_chans, *cfg.img_size)
         timing = dict(warmup=2, iters=3, repeats=3) if b > 1 else dict(warmup=3, iters=10, repeats=3)
@@ -57,6 +62,10 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
             rows.append({"model": name, "batch": b, "runtime": k, "img_s": v})
             print(f"{name:<14} batch {b:>3}  {k:<30} {v:9.1f} img/s  ({v / res['onnxruntime fp32']:.2f}x ORT fp32)",
                   flush=True)
+        if "mixerlab bf16 (eager)" in res:
+            best8 = max((k for k in res if "int8" in k), key=res.get)
+            print(f"{name:<14} batch {b:>3}  fastest int8 ({best8}) over our bf16: "
+                  f"{res[best8] / res['mixerlab bf16 (eager)']:.2f}x", flush=True)
     return rows
 
 

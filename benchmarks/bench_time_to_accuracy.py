@@ -37,10 +37,12 @@ from mixerlab.training.step import step_seed, train_step  # noqa: E402
 TARGETS = (0.91, 0.92, 0.93, 0.94, 0.95)
 
 
-def run_ours(recipe: str, seed: int, epochs: int | None, evals: int, max_steps: int | None):
+def run_ours(recipe: str, seed: int, epochs: int | None, evals: int, max_steps: int | None,
+             overrides: dict | None = None):
     """[(training seconds, test top-1)] of one mixerlab run, scored `evals` times an epoch, and the
     model config, precision and training config it ran with."""
-    flags = dict(data="fashion-mnist", val_split=0.0, seed=seed, quiet=True, max_steps_per_epoch=max_steps)
+    flags = dict(data="fashion-mnist", val_split=0.0, seed=seed, quiet=True, max_steps_per_epoch=max_steps,
+                 **(overrides or {}))
     if epochs:
         flags["epochs"] = epochs
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,22 +152,37 @@ def main() -> None:
     ap.add_argument("--evals-per-epoch", type=int, default=4)
     ap.add_argument("--max-steps-per-epoch", type=int, default=None, help="for a smoke run")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training option over the recipe's, as in a config file: --set flip=true")
     ap.add_argument("--out", default="docs/time_to_accuracy")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: give KEY=VALUE")
+        try:
+            overrides[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.replace("-", "_")] = value
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"machine": machine_info(), "recipe": args.recipe, "lines": {}}
+    res = {"machine": machine_info(), "recipe": args.recipe, "overrides": overrides, "lines": {}}
     ours, peer = [], []
     for seed in range(args.seeds):
         curve, mcfg, precision, tcfg = run_ours(args.recipe, seed, args.epochs, args.evals_per_epoch,
-                                                args.max_steps_per_epoch)
+                                                args.max_steps_per_epoch, overrides)
         ours.append(curve)
         print(f"mixerlab {args.recipe} seed {seed}: {curve[-1][1]:.2%} after {curve[-1][0]:.0f} s", flush=True)
         if not args.no_peer:
             peer.append(run_peer(mcfg, tcfg, precision, seed, args.evals_per_epoch, args.max_steps_per_epoch))
             print(f"timm MlpMixer, plain loop, seed {seed}: {peer[-1][-1][1]:.2%} after {peer[-1][-1][0]:.0f} s",
                   flush=True)
-    res["lines"][f"mixerlab --recipe {args.recipe}"] = {"curves": ours, **summarise(ours)}
+    label = f"mixerlab --recipe {args.recipe}" + (f" --epochs {args.epochs}" if args.epochs else "")
+    for k, v in overrides.items():  # as the command line would say it
+        flag = "--" + k.replace("_", "-")
+        label += f" {flag}" if v is True else f" --no-{k.replace('_', '-')}" if v is False else f" {flag} {v}"
+    res["lines"][label] = {"curves": ours, **summarise(ours)}
     if peer:
         res["lines"]["timm MlpMixer, AdamW, plain loop"] = {"curves": peer, **summarise(peer)}
     res["precision"], res["model"] = precision, mcfg.to_dict()

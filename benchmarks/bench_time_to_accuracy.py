@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mixerlab.cli.train import _parse_value as parse_value  # noqa: E402
 from mixerlab.evaluate import evaluate  # noqa: E402
 from mixerlab.perf.timing import machine_info  # noqa: E402
 from mixerlab.training import distributed as dist_utils  # noqa: E402
@@ -161,10 +162,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: give KEY=VALUE")
-        try:
-            overrides[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.replace("-", "_")] = value
+        overrides[key.replace("-", "_")] = parse_value(value)  # JSON or a string, as --model-arg reads it
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"machine": machine_info(), "recipe": args.recipe, "overrides": overrides, "lines": {}}

@@ -227,7 +227,6 @@ def test_two_processes_resume_shards_mid_epoch_bitwise(shards, tmp_path):
 
     base = dict(batch_size=4, workers=1, optimizer="adamw", epochs=1)
     parts = tmp_path / "parts"
-
     jobs = [(port(), _cfg(shards, tmp_path / "whole", **base), None), (port(), _cfg(shards, parts, **base), 2)]
     mp.spawn(_ddp_worker, args=(2, jobs), nprocs=2)
     ckpt = torch.load(parts / "last.pt", weights_only=True)

@@ -143,7 +143,9 @@ def test_every_fp32_backend_matches_eager_and_the_fastest_is_kept():
             torch.testing.assert_close(fn(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=name)
     fast = optimize_for_inference(model, torch.float32, compile=False, example=x[:8], backends=("onednn",))
     note = fast.optimizations[-1]
-    assert "x eager" in note and "also measured" in note  # the winner, and the others' ratios
+    # whichever wins (a timing, so either may), the note names it and every other candidate measured
+    assert note.split(":")[0] in ("eager", "oneDNN, prepacked weights") and "x eager" in note
+    assert "oneDNN, prepacked weights" in note
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     only_eager = optimize_for_inference(model, torch.float32, compile=False, backends=())
     assert only_eager.optimizations[-1] == "eager: 1.00x eager"

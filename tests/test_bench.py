@@ -73,8 +73,8 @@ def _reference():
 
 @pytest.fixture(scope="module")
 def fp32_optimized():
-    """optimize_for_inference in fp32 with compile, and the compiled candidate it built: the two tests
-    below share one compile (tens of seconds on 2 cores)."""
+    """optimize_for_inference in fp32 with compile, and the compiled candidate symbolic in the batch
+    that it built: the two tests below share its compiles (tens of seconds on 2 cores)."""
     from mixerlab.perf import inference
 
     model, x = _reference()
@@ -83,17 +83,20 @@ def fp32_optimized():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "_compiled", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
         fast = optimize_for_inference(model, torch.float32, compile=True, example=x, backends=())  # eager or compiled
-    assert len(built) == 1 and built[0] is not None
+    assert len(built) == 2 and all(c is not None for c in built)  # symbolic for oneDNN, then fixed
     return model, x, fast, built[0]
 
 
 def test_optimize_fp32_compiled_matches_eager(fp32_optimized):
     model, x, fast, _ = fp32_optimized
     assert fast.compile_time_s >= 0
-    # The compiled forward was timed against eager and one of them kept, saying which.
-    assert sum("torch.compile" in m for m in fast.optimizations) == 1
-    # fp32 on a CPU: compiled for oneDNN (symbolic batch), token mixing as Linear rows
-    assert "token mixing as rows" in fast.optimizations[-1]
+    # fp32 on a CPU: compiled for oneDNN (symbolic batch, token mixing as rows) and fixed to the batch
+    # in the model's layout, both timed against eager; the note names the one kept and the others
+    note = fast.optimizations[-1]
+    for name in ("torch.compile (Inductor, freezing; oneDNN, token mixing as rows)",
+                 "torch.compile (Inductor, freezing)"):
+        assert note.startswith(f"{name}:") or f"{name} " in note.split("also measured: ")[-1]
+    assert "erf" not in note  # fp32 keeps the model's own tanh GELU
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
@@ -128,6 +131,31 @@ def test_optimize_bf16_agrees_on_top1():
         agree = (fast(x).argmax(1) == model(x).argmax(1)).float().mean().item()
     assert agree >= 0.99
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    assert "eager, GELU in its erf form" in fast.optimizations[-1]  # timed beside the tanh model, kept or not
+
+
+def test_the_erf_gelu_candidate_stays_within_bf16_rounding_of_the_tanh_model():
+    from mixerlab.models.layers import GeluTanh
+    from mixerlab.perf.inference import gelu_as_erf
+
+    model, x = _reference()
+    erf = gelu_as_erf(model)
+    assert not any(isinstance(m, GeluTanh) for m in erf.modules())
+    assert sum(type(m) is torch.nn.GELU and m.approximate == "none" for m in erf.modules()) == 2 * model.config.depth
+    assert any(isinstance(m, GeluTanh) for m in model.modules())  # a copy: the model keeps its tanh GELU
+    with torch.no_grad():
+        ref = model(x)
+        scale = ref.abs().max().item()
+        bf16_tanh = copy.deepcopy(model).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+        fp32_erf = erf(x)
+        bf16_erf = erf.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    # within #27's 1e-2 of the eager bf16 reference, and no farther from the fp32 answer than bf16 itself is
+    assert (bf16_erf - bf16_tanh).abs().max().item() < 1e-2 * scale
+    assert (bf16_erf - ref).abs().max().item() <= 1.25 * (bf16_tanh - ref).abs().max().item()
+    # in fp32 the difference is above the 1e-4 that fp32 candidates are held to: why fp32 never uses it
+    assert (fp32_erf - ref).abs().max().item() > 1e-4 * scale
+    exact = mixerlab.create_model("mixer_nano", in_chans=3, img_size=32, num_classes=10, act="gelu")
+    assert gelu_as_erf(exact) is None  # nothing to substitute: no extra candidate
 
 
 def test_every_fp32_backend_matches_eager_and_the_fastest_is_kept():

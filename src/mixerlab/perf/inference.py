@@ -19,6 +19,15 @@ Why each step (the measurements are in docs/benchmarks.md):
   adds into its own kernels), and which is fastest depends on the CPU (gemm.py). Each available path
   is built, checked against eager (1e-4 of the logits' scale) and timed; the fastest is kept. In bf16
   on a CPU with native bf16, OpenVINO with its bf16 hint is one more candidate.
+- fp32 compiled both ways: symbolic in the batch for oneDNN (above), and fixed to the example's batch
+  in the model's own layout, where Inductor packs the weights for MKL; which is faster depends on the
+  CPU.
+- bf16 and the official tanh GELU: the erf GELU differs from it by at most 4.7e-4, under an eighth of
+  bf16's rounding error at 1 (3.9e-3), and oneDNN and ATen evaluate erf several times faster than tanh
+  on some CPUs (and fuse it into the Linear before it). So in bf16 the model with its GELUs in the erf
+  form is one more candidate, eager and compiled, checked against the tanh model like the others and
+  named in `.optimizations` when kept. fp32 always keeps the tanh GELU: there the difference is above
+  the 1e-4 its candidates are held to.
 """
 
 from __future__ import annotations
@@ -81,9 +90,11 @@ def optimize_for_inference(
 
     Candidates: eager; in fp32 on a CPU also oneDNN with prepacked weights, ONNX Runtime (where the
     export extra is installed) and OpenVINO (the openvino extra), as `backends` allows; in bf16 on a
-    CPU with native bf16, OpenVINO's bf16; with `compile=True`, torch.compile with
-    freezing. Each is checked against eager and timed on `example` (default: one random image; give
-    your batch size: the bf16 compile is specialised to it, the fp32 one on a CPU takes any batch),
+    CPU with native bf16, OpenVINO's bf16; in bf16, the model with its tanh GELUs in the erf form
+    (within bf16's rounding: module docstring); with `compile=True`, torch.compile with freezing (in
+    fp32 on a CPU two ways). Each is checked against eager and timed on `example` (default: one random
+    image; give your batch size: the compiled candidates are specialised to it, but for one of the
+    fp32 ones on a CPU, which takes any batch; another batch size recompiles a specialised one once),
     and the fastest is kept; `.optimizations` says which and by how much, `.compile_time_s` what
     building the candidates cost. The original model is left untouched.
 
@@ -116,11 +127,14 @@ def optimize_for_inference(
     elif device.type == "cpu" and "openvino" in backends and native_bf16(device):
         candidates.update({f"{RUNTIME_NAMES[r]} (bf16 hint)": model
                            for r, model in exported_candidates(m, ("openvino",), precision="bf16").items()})
+    erf = gelu_as_erf(m) if dtype == torch.bfloat16 else None
+    if erf is not None:
+        candidates[f"eager, {ERF}"] = erf
     if compile:
-        compiled = _compiled(token_mixing_as_rows(m) if cpu_fp32 else m, example, dynamic=cpu_fp32)
-        if compiled is not None:
-            how = "; oneDNN, token mixing as rows" if cpu_fp32 else ""
-            candidates[f"torch.compile (Inductor, freezing{how})"] = compiled
+        for name, variant, dynamic in _compile_plans(m, erf, cpu_fp32):
+            compiled = _compiled(variant, example, dynamic=dynamic)
+            if compiled is not None:
+                candidates[name] = compiled
     build_time = time.perf_counter() - t
     fn, note = _fastest(candidates, example, device, dtype)
     optimizations.append(note)
@@ -218,6 +232,35 @@ def token_mixing_as_rows(model: nn.Module) -> nn.Module:
         if isinstance(mod, TokenMlp):
             mod.rows = True
     return m
+
+
+ERF = "GELU in its erf form"  # as .optimizations names the bf16 candidates built by gelu_as_erf
+
+
+def gelu_as_erf(model: nn.Module) -> nn.Module | None:
+    """A copy whose tanh GELUs are erf GELUs (the bf16 candidate of the module docstring), or None
+    when the model has no tanh GELU."""
+    from ..models.layers import GeluTanh
+
+    if not any(isinstance(mod, GeluTanh) for mod in model.modules()):
+        return None
+    m = copy.deepcopy(model)
+    for parent in list(m.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, GeluTanh):
+                setattr(parent, name, nn.GELU())
+    return m
+
+
+def _compile_plans(m: nn.Module, erf: nn.Module | None, cpu_fp32: bool) -> list[tuple[str, nn.Module, bool]]:
+    """(name, model, dynamic) of each compiled candidate (the module docstring says why each)."""
+    plans = [("torch.compile (Inductor, freezing)", m, False)]
+    if cpu_fp32:
+        plans.insert(0, ("torch.compile (Inductor, freezing; oneDNN, token mixing as rows)", token_mixing_as_rows(m),
+                         True))
+    if erf is not None:
+        plans.append((f"torch.compile (Inductor, freezing; {ERF})", erf, False))
+    return plans
 
 
 def _compiled(m: nn.Module, example: torch.Tensor, dynamic: bool = False) -> Any:

@@ -86,7 +86,10 @@ def openvino_runners(name: str, model: torch.nn.Module, out: Path, fp32: Path, t
     except mixerlab.MixerlabError as e:
         print(f"no OpenVINO rows: {e}")
         return {}
-    return {"openvino fp32": load_exported(ir, threads), "openvino int8": load_exported(ir8, threads)}
+    runners = {"openvino fp32": load_exported(ir, threads), "openvino int8": load_exported(ir8, threads)}
+    if native_bf16(torch.device("cpu")):  # the int8 graph with what NNCF left unquantised in bf16
+        runners["openvino int8, bf16 elsewhere"] = load_exported(ir8, threads, precision="bf16")
+    return runners
 
 
 def accuracy(run: str, out: Path) -> dict:

@@ -5,7 +5,9 @@ whether a path keeps the model's answers depends on the model, so each available
 one ONNX export, checked and timed, and the fastest that keeps the answers is kept:
 - ONNX Runtime, dynamic: int8 weights, activations quantised per batch at run time;
 - ONNX Runtime, static: activation ranges calibrated on the first half of the calibration images;
-- OpenVINO, NNCF post-training quantisation, calibrated on the same half.
+- OpenVINO, NNCF post-training quantisation, calibrated on the same half; on a CPU with native bf16
+  the same graph once more with OpenVINO's bf16 hint, so that what NNCF left unquantised (LayerNorm,
+  GELU, the adds, dequantisation) runs in bf16 rather than fp32.
 "Keeps the answers": top-1 agreement with the fp32 model on the other half of the images, which
 none of them has seen, at least `min_agreement`. No labels are needed; the accuracy on labelled data
 is measured by `mixerlab eval` on the exported file (benchmarks/bench_export.py does it on Fashion-MNIST).
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .runtime import native_bf16
 from .timing import time_interleaved
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ def int8_candidates(model: nn.Module, calibration: torch.Tensor) -> dict[str, nn
                     path = Path(folder) / f"int8-{how}.onnx"
                     quantize_onnx(fp32, path, how, batches if how == "static" else None)
                 out[name] = load_exported(path)  # each runtime holds its graph in memory once loaded
+                if how == "openvino" and native_bf16(torch.device("cpu")):
+                    out[f"{name}, bf16 elsewhere"] = load_exported(path, precision="bf16")
             except Exception as e:  # noqa: BLE001 - a missing extra or a failed build: the others remain
                 log.info("%s unavailable: %s: %s", name, type(e).__name__, str(e)[:200])
     return out

@@ -102,7 +102,7 @@ def main() -> None:
         row["compile_s"] = time.perf_counter() - t
         row["ours_optimized"] = inference_throughput(fast, x, dev, **timing)
         row["ours_optimized_eager"] = inference_throughput(
-            mixerlab.optimize_for_inference(ours, dtype, compile=False), x, dev, **timing)
+            mixerlab.optimize_for_inference(ours, dtype, compile=False, example=x), x, dev, **timing)
         row["ours_eager"] = inference_throughput(ours, x, dev, None if label == "fp32" else torch.bfloat16, **timing)
         limit = peak["best_gflops"] * 1e9 / (flops / args.batch)
         row["gemm_bound_img_s"] = limit

@@ -52,6 +52,16 @@ def test_eval_predict_and_serve_take_an_ir(trained, ir, tmp_path, capsys):  # no
     assert cli(["eval", str(ir), "--data", str(root), "--out", str(tmp_path / "ov")]) == 0
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("pt", "ov"))
     assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"] and abs(a["loss"] - b["loss"]) < 1e-4
+    # --precision bf16 runs the IR with OpenVINO's bf16 hint, as PyTorch runs under bf16 autocast
+    from argparse import Namespace
+
+    from mixerlab.cli.common import load_for_inference
+
+    assert load_for_inference(str(ir), Namespace(precision="bf16")).precision == "bf16"
+    assert load_for_inference(str(ir), Namespace(precision="fp32")).precision == "f32"
+    assert cli(["eval", str(ir), "--data", str(root), "--precision", "bf16", "--out", str(tmp_path / "ov16")]) == 0
+    c = json.loads((tmp_path / "ov16" / "eval.json").read_text())
+    assert abs(c["top1"] - b["top1"]) <= 0.05 and abs(c["loss"] - b["loss"]) < 0.05
     capsys.readouterr()
     files = [str(root / "val" / "square" / "0.png"), str(root / "val" / "stripe" / "1.png")]
     cli(["predict", str(run), *files, "--json"])

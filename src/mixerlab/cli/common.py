@@ -22,12 +22,15 @@ def add_trust_compiled(p: argparse.ArgumentParser) -> None:
 
 
 def load_for_inference(src: str, args: argparse.Namespace):
-    """A PyTorch model from any checkpoint, or an exported .onnx/.xml/.pt2 file behind the same interface."""
+    """A PyTorch model from any checkpoint, or an exported .onnx/.xml/.pt2 file behind the same interface.
+    `--precision bf16` runs an OpenVINO IR with OpenVINO's bf16 hint (an int8 IR: what NNCF left
+    unquantised in bf16), as it runs a PyTorch model under bf16 autocast."""
     from ..export.runtime import is_exported, load_exported
     from ..weights.load import from_pretrained
 
     if is_exported(src):
-        return load_exported(src, trust_compiled=getattr(args, "trust_compiled", False))
+        precision = "bf16" if getattr(args, "precision", None) == "bf16" and str(src).endswith(".xml") else "f32"
+        return load_exported(src, trust_compiled=getattr(args, "trust_compiled", False), precision=precision)
     return from_pretrained(src, **preprocess_overrides(args))
 
 

@@ -38,9 +38,10 @@ class ExportedModel(nn.Module):
     """An exported model; `backend` is "onnx" (run by ONNX Runtime; serve --backend onnx), "openvino"
     (an .xml) or "aoti" (a .pt2)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], run: Any, backend: str):
+    def __init__(self, path: Path, meta: dict[str, Any], run: Any, backend: str, precision: str = "f32"):
         super().__init__()
         self.path, self.meta, self._run, self.backend = path, meta, run, backend
+        self.precision = precision  # OpenVINO's hint for an .xml; the others run as exported
         self.config = meta["config"]
         self.num_classes = self.config.num_classes
         self.class_names: list[str] | None = meta["class_names"]
@@ -160,7 +161,7 @@ def load_exported(path: str | os.PathLike, threads: int | None = None, trust_com
         ov_model, meta = read_ir(path)
         meta = checked_metadata(path, meta)
         _check_io(path, meta["config"], _dims(ov_model.input(0)), _dims(ov_model.output(0)))
-        return ExportedModel(path, meta, _openvino_runner(path, ov_model, threads, precision), "openvino")
+        return ExportedModel(path, meta, _openvino_runner(path, ov_model, threads, precision), "openvino", precision)
     if path.suffix == ".pt2":
         from .aoti import read_pt2_metadata
 

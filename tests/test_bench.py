@@ -158,6 +158,19 @@ def test_the_erf_gelu_candidate_stays_within_bf16_rounding_of_the_tanh_model():
     assert gelu_as_erf(exact) is None  # nothing to substitute: no extra candidate
 
 
+def test_the_compiled_erf_candidate_calls_atens_gelu_for_token_mixing_and_gives_erfs_values():
+    from mixerlab.models.mixer import TokenMlp
+    from mixerlab.perf.inference import AtenGelu, _compiled, as_input, gelu_as_erf
+
+    model, x = _reference()
+    opaque = gelu_as_erf(model, opaque_token_gelu=True)
+    kinds = {(isinstance(p, TokenMlp), type(p.act).__name__) for p in opaque.modules() if hasattr(p, "act")}
+    assert kinds == {(True, AtenGelu.__name__), (False, "GELU")}  # channel mixing's stays fusable
+    compiled = _compiled(opaque, as_input(x, torch.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(as_input(x, torch.float32)), gelu_as_erf(model)(x), rtol=1e-5, atol=1e-5)
+
+
 def test_every_fp32_backend_matches_eager_and_the_fastest_is_kept():
     from mixerlab.perf.inference import _cpu_fp32_candidates
 

@@ -131,7 +131,7 @@ def optimize_for_inference(
     if erf is not None:
         candidates[f"eager, {ERF}"] = erf
     if compile:
-        for name, variant, dynamic in _compile_plans(m, erf, cpu_fp32):
+        for name, variant, dynamic in _compile_plans(m, erf is not None, cpu_fp32):
             compiled = _compiled(variant, example, dynamic=dynamic)
             if compiled is not None:
                 candidates[name] = compiled
@@ -237,10 +237,31 @@ def token_mixing_as_rows(model: nn.Module) -> nn.Module:
 ERF = "GELU in its erf form"  # as .optimizations names the bf16 candidates built by gelu_as_erf
 
 
-def gelu_as_erf(model: nn.Module) -> nn.Module | None:
+@torch.library.custom_op("mixerlab::gelu_erf", mutates_args=())
+def _aten_gelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x)
+
+
+@_aten_gelu.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class AtenGelu(nn.Module):
+    """The erf GELU as one opaque call to ATen's kernel under torch.compile. Token mixing's GELU
+    follows a product that no library fuses it into (its weight is on the left), so it is a pass of
+    its own either way, and ATen's vectorised bf16 kernel runs it faster than the code Inductor
+    generates for erf (docs/benchmarks.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _aten_gelu(x)
+
+
+def gelu_as_erf(model: nn.Module, opaque_token_gelu: bool = False) -> nn.Module | None:
     """A copy whose tanh GELUs are erf GELUs (the bf16 candidate of the module docstring), or None
-    when the model has no tanh GELU."""
+    when the model has no tanh GELU. `opaque_token_gelu`: token mixing's as `AtenGelu`, for compiling."""
     from ..models.layers import GeluTanh
+    from ..models.mixer import TokenMlp
 
     if not any(isinstance(mod, GeluTanh) for mod in model.modules()):
         return None
@@ -248,18 +269,19 @@ def gelu_as_erf(model: nn.Module) -> nn.Module | None:
     for parent in list(m.modules()):
         for name, child in parent.named_children():
             if isinstance(child, GeluTanh):
-                setattr(parent, name, nn.GELU())
+                opaque = opaque_token_gelu and isinstance(parent, TokenMlp)
+                setattr(parent, name, AtenGelu() if opaque else nn.GELU())
     return m
 
 
-def _compile_plans(m: nn.Module, erf: nn.Module | None, cpu_fp32: bool) -> list[tuple[str, nn.Module, bool]]:
+def _compile_plans(m: nn.Module, erf: bool, cpu_fp32: bool) -> list[tuple[str, nn.Module, bool]]:
     """(name, model, dynamic) of each compiled candidate (the module docstring says why each)."""
     plans = [("torch.compile (Inductor, freezing)", m, False)]
     if cpu_fp32:
         plans.insert(0, ("torch.compile (Inductor, freezing; oneDNN, token mixing as rows)", token_mixing_as_rows(m),
                          True))
-    if erf is not None:
-        plans.append((f"torch.compile (Inductor, freezing; {ERF})", erf, False))
+    if erf:
+        plans.append((f"torch.compile (Inductor, freezing; {ERF})", gelu_as_erf(m, opaque_token_gelu=True), False))
     return plans
 
 

@@ -98,11 +98,36 @@ def test_int8_ir_is_calibrated_and_keeps_the_answers(trained, tmp_path, capsys):
     assert cli(["eval", str(out), "--data", str(root), "--out", str(tmp_path / "q")]) == 0
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("pt", "q"))
     assert abs(a["top1"] - b["top1"]) <= 1 / 18 + 1e-9  # at most one of the 18 val images changes its answer
+    # one weight scale a tensor: said in the metadata, every weight's scale a single number, answers kept
+    tensor = tmp_path / "qt.xml"
+    assert cli(["export", str(run), str(tensor), "--int8", "--int8-weights", "per-tensor", "--data", str(root),
+                "--calibration-images", "24"]) == 0
+    ov_t, meta_t = read_ir(tensor)
+    assert meta_t["quantization"] == "int8 static (NNCF post-training, calibrated; per-tensor weights)"
+
+    def weight_scales(m):  # the shape of each int8 weight's dequantisation scale: int8 Constant -> Convert -> Multiply
+        shapes = []
+        for op in m.get_ops():
+            if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "i8":
+                convert = next(iter(op.output(0).get_target_inputs())).get_node()
+                multiply = next(iter(convert.output(0).get_target_inputs())).get_node()
+                assert multiply.get_type_name() == "Multiply"
+                shapes.append(list(multiply.input_value(1).get_partial_shape().to_shape()))
+        return shapes
+
+    per_row, per_tensor = weight_scales(ov_model), weight_scales(ov_t)
+    assert per_row and any(sum(d > 1 for d in shape) for shape in per_row)  # the default: a scale per row
+    assert per_tensor and all(all(d == 1 for d in shape) for shape in per_tensor)
+    assert cli(["eval", str(tensor), "--data", str(root), "--out", str(tmp_path / "qt")]) == 0
+    c = json.loads((tmp_path / "qt" / "eval.json").read_text())
+    assert abs(a["top1"] - c["top1"]) <= 1 / 18 + 1e-9
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--int8", "dynamic"], "--int8 dynamic is ONNX Runtime's; OpenVINO's int8 (NNCF) is static"),
     (["--int8"], "--int8 needs calibration images: pass --data"),
+    (["--int8-weights", "per-tensor"],
+     "--int8-weights per-tensor is for OpenVINO int8 exports: write OUT.xml with --int8"),
 ])
 def test_int8_ir_options_are_checked_first(trained, tmp_path, capsys, argv, message):  # noqa: F811
     run, _ = trained

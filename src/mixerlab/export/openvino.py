@@ -63,7 +63,7 @@ def compile_ir(model: Any, threads: int | None = None, precision: str = "f32") -
     return ov.Core().compile_model(model, "CPU", config)
 
 
-def _quantize(ov_model: Any, calibration: Iterable[np.ndarray]) -> Any:
+def _quantize(ov_model: Any, calibration: Iterable[np.ndarray], per_tensor_weights: bool = False) -> Any:
     try:
         import nncf
     except ImportError:
@@ -76,10 +76,16 @@ def _quantize(ov_model: Any, calibration: Iterable[np.ndarray]) -> Any:
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step INFO lines are for its own debugging
     # Bias correction is off: its statistics assume channels on one axis, and token mixing runs its
     # Linear layers over the transposed table (NNCF fails on it).
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    # Per-tensor weight scales: token mixing's product has its weight as the left operand, so OpenVINO
+    # runs it as a MatMul, not a FullyConnected, and cannot fold per-row scales into it (a multiply
+    # pass of its own); one scale a tensor folds in (docs/benchmarks.md: faster on AMX). Per-channel
+    # keeps more accuracy in general, so it stays the default and the choice is measured.
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
+    weights = QuantizationParameters(per_channel=False) if per_tensor_weights else None
     return nncf.quantize(ov_model, nncf.Dataset(images), subset_size=len(images),
-                         advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
+                         advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True,
+                                                                            weights_quantization_params=weights))
 
 
 def check_ir(path: Path, model: nn.Module) -> float:
@@ -92,13 +98,14 @@ def check_ir(path: Path, model: nn.Module) -> float:
 
 
 def export_openvino(model: nn.Module, out: str | os.PathLike, source: str, int8: bool = False,
-                    calibration: Iterable[np.ndarray] | None = None, onnx_file: str | os.PathLike | None = None
-                    ) -> dict[str, Any]:
+                    calibration: Iterable[np.ndarray] | None = None, onnx_file: str | os.PathLike | None = None,
+                    per_tensor_weights: bool = False) -> dict[str, Any]:
     """Write `out` (.xml) and its `.bin` from `model` (fp32, eval), with metadata, checked. Both files
     are written in a temporary folder beside `out` and moved into place, the weights first: a crash
     leaves the old pair or the new one, or at worst new weights beside an old graph, which OpenVINO
     refuses to read (never a half-written file). `onnx_file`: this model's checked export, already
-    made (`export_onnx`), to convert instead of exporting again (the export is most of the time)."""
+    made (`export_onnx`), to convert instead of exporting again (the export is most of the time).
+    `per_tensor_weights`: int8 with one weight scale a tensor instead of one a row (`_quantize`)."""
     ov = require_openvino()
     out = Path(out)
     if out.suffix != ".xml":
@@ -117,8 +124,9 @@ def export_openvino(model: nn.Module, out: str | os.PathLike, source: str, int8:
         meta = _onnx_props(Path(onnx_file))  # the metadata as the checked ONNX file carries it
         ov_model = ov.convert_model(str(onnx_file))
         if int8:
-            ov_model = _quantize(ov_model, calibration)
-            meta["quantization"] = "int8 static (NNCF post-training, calibrated)"
+            ov_model = _quantize(ov_model, calibration, per_tensor_weights)
+            meta["quantization"] = ("int8 static (NNCF post-training, calibrated"
+                                    + ("; per-tensor weights)" if per_tensor_weights else ")"))
         for k, v in meta.items():
             ov_model.set_rt_info(v, [RT_KEY, k])
         tmp = Path(work) / "model.xml"

@@ -7,7 +7,9 @@ one ONNX export, checked and timed, and the fastest that keeps the answers is ke
 - ONNX Runtime, static: activation ranges calibrated on the first half of the calibration images;
 - OpenVINO, NNCF post-training quantisation, calibrated on the same half; on a CPU with native bf16
   the same graph once more with OpenVINO's bf16 hint, so that what NNCF left unquantised (LayerNorm,
-  GELU, the adds, dequantisation) runs in bf16 rather than fp32.
+  GELU, the adds, dequantisation) runs in bf16 rather than fp32;
+- the same with one weight scale a tensor (and its bf16 twin), which OpenVINO folds into token
+  mixing's products where per-row scales cost a pass of their own (export/openvino.py).
 "Keeps the answers": top-1 agreement with the fp32 model on the other half of the images, which
 none of them has seen, at least `min_agreement`. No labels are needed; the accuracy on labelled data
 is measured by `mixerlab eval` on the exported file (benchmarks/bench_export.py does it on Fashion-MNIST).
@@ -46,22 +48,22 @@ def int8_candidates(model: nn.Module, calibration: torch.Tensor) -> dict[str, nn
         fp32 = Path(folder) / "fp32.onnx"
         export_onnx(model, fp32, "optimize_for_inference int8")
         builds = {"ONNX Runtime int8 dynamic": "dynamic", "ONNX Runtime int8 static": "static",
-                  "OpenVINO int8 (NNCF)": "openvino"}
+                  "OpenVINO int8 (NNCF)": "openvino", "OpenVINO int8 (NNCF, per-tensor weights)": "openvino-tensor"}
         for name, how in builds.items():
             try:
-                if how == "openvino":
+                if how.startswith("openvino"):
                     from ..export.openvino import export_openvino
 
-                    path = Path(folder) / "int8.xml"
+                    path = Path(folder) / f"int8-{how}.xml"
                     export_openvino(model, path, "optimize_for_inference int8", int8=True, calibration=batches,
-                                    onnx_file=fp32)
+                                    onnx_file=fp32, per_tensor_weights=how == "openvino-tensor")
                 else:
                     from ..export.quantize import quantize_onnx
 
                     path = Path(folder) / f"int8-{how}.onnx"
                     quantize_onnx(fp32, path, how, batches if how == "static" else None)
                 out[name] = load_exported(path)  # each runtime holds its graph in memory once loaded
-                if how == "openvino" and native_bf16(torch.device("cpu")):
+                if how.startswith("openvino") and native_bf16(torch.device("cpu")):
                     out[f"{name}, bf16 elsewhere"] = load_exported(path, precision="bf16")
             except Exception as e:  # noqa: BLE001 - a missing extra or a failed build: the others remain
                 log.info("%s unavailable: %s: %s", name, type(e).__name__, str(e)[:200])

@@ -65,7 +65,9 @@ def speeds(name: str, model: torch.nn.Module, out: Path, batches: list[int], com
         if "mixerlab bf16 (eager)" in res:
             best8 = max((k for k in res if "int8" in k), key=res.get)
             print(f"{name:<14} batch {b:>3}  fastest int8 ({best8}) over our bf16: "
-                  f"{res[best8] / res['mixerlab bf16 (eager)']:.2f}x", flush=True)
+                  f"{res[best8] / res['mixerlab bf16 (eager)']:.2f}x eager"
+                  + (f", {res[best8] / res['optimize_for_inference bf16']:.2f}x optimize_for_inference"
+                     if "optimize_for_inference bf16" in res else ""), flush=True)
     return rows
 
 
@@ -76,19 +78,23 @@ def openvino_runners(name: str, model: torch.nn.Module, out: Path, fp32: Path, t
     except ImportError:
         return {}
     cfg = model.config
-    ir, ir8 = out / f"{name}.xml", out / f"{name}-int8.xml"
+    ir, ir8, ir8t = out / f"{name}.xml", out / f"{name}-int8.xml", out / f"{name}-int8-tensor.xml"
     try:
         if not ir.exists():
             export_openvino(model, ir, name, onnx_file=fp32)
-        if not ir8.exists():
-            calib = [torch.randn(8, cfg.in_chans, *cfg.img_size).numpy() for _ in range(8)]
-            export_openvino(model, ir8, name, int8=True, calibration=calib, onnx_file=fp32)
+        calib = [torch.randn(8, cfg.in_chans, *cfg.img_size).numpy() for _ in range(8)]
+        for path, per_tensor in ((ir8, False), (ir8t, True)):
+            if not path.exists():
+                export_openvino(model, path, name, int8=True, calibration=calib, onnx_file=fp32,
+                                per_tensor_weights=per_tensor)
     except mixerlab.MixerlabError as e:
         print(f"no OpenVINO rows: {e}")
         return {}
-    runners = {"openvino fp32": load_exported(ir, threads), "openvino int8": load_exported(ir8, threads)}
-    if native_bf16(torch.device("cpu")):  # the int8 graph with what NNCF left unquantised in bf16
-        runners["openvino int8, bf16 elsewhere"] = load_exported(ir8, threads, precision="bf16")
+    runners = {"openvino fp32": load_exported(ir, threads)}
+    for label, path in (("openvino int8", ir8), ("openvino int8 per-tensor", ir8t)):
+        runners[label] = load_exported(path, threads)
+        if native_bf16(torch.device("cpu")):  # the int8 graph with what NNCF left unquantised in bf16
+            runners[f"{label}, bf16 elsewhere"] = load_exported(path, threads, precision="bf16")
     return runners
 
 
@@ -98,12 +104,15 @@ def accuracy(run: str, out: Path) -> dict:
     res = {}
     exports = {"onnx fp32": (out / "run.onnx", []), "onnx int8": (out / "run-int8.onnx", ["--int8"]),
                "openvino fp32": (out / "run.xml", []),
-               "openvino int8": (out / "run-int8.xml", ["--int8", "--data", "fashion-mnist"])}
+               "openvino int8": (out / "run-int8.xml", ["--int8", "--data", "fashion-mnist"]),
+               "openvino int8 per-tensor": (out / "run-int8-tensor.xml",
+                                            ["--int8", "--int8-weights", "per-tensor", "--data", "fashion-mnist"])}
     evals = [("pytorch", run, [])] + [(k, str(v[0]), []) for k, v in exports.items()]
     if native_bf16(torch.device("cpu")):  # the int8 IR with the bf16 hint, as optimize_for_inference tries it
-        evals.append(("openvino int8, bf16 elsewhere", str(exports["openvino int8"][0]), ["--precision", "bf16"]))
+        evals += [(f"{k}, bf16 elsewhere", str(exports[k][0]), ["--precision", "bf16"])
+                  for k in ("openvino int8", "openvino int8 per-tensor")]
     for label, src, eval_args in evals:
-        if label in exports and not Path(src).exists():
+        if label in exports and not Path(src).exists():  # a "bf16 elsewhere" label scores the file made above
             subprocess.run([sys.executable, "-m", "mixerlab", "export", run, src, *exports[label][1]], check=True)
         ev = out / f"eval-{label.replace(' ', '-').replace(',', '')}"
         subprocess.run([sys.executable, "-m", "mixerlab", "eval", src, "--data", "fashion-mnist", "--out", str(ev),

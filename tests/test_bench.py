@@ -136,7 +136,7 @@ def test_optimize_bf16_agrees_on_top1():
 
 def test_the_erf_gelu_candidate_stays_within_bf16_rounding_of_the_tanh_model():
     from mixerlab.models.layers import GeluTanh
-    from mixerlab.perf.inference import gelu_as_erf
+    from mixerlab.perf.gelu import gelu_as_erf
 
     model, x = _reference()
     erf = gelu_as_erf(model)
@@ -160,7 +160,8 @@ def test_the_erf_gelu_candidate_stays_within_bf16_rounding_of_the_tanh_model():
 
 def test_the_compiled_erf_candidate_calls_atens_gelu_for_token_mixing_and_gives_erfs_values():
     from mixerlab.models.mixer import TokenMlp
-    from mixerlab.perf.inference import AtenGelu, _compiled, as_input, gelu_as_erf
+    from mixerlab.perf.gelu import AtenGelu, gelu_as_erf
+    from mixerlab.perf.inference import _compiled, as_input
 
     model, x = _reference()
     opaque = gelu_as_erf(model, opaque_token_gelu=True)

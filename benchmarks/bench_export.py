@@ -92,13 +92,8 @@ def openvino_runners(name: str, model: torch.nn.Module, out: Path, fp32: Path, t
         print(f"no OpenVINO rows: {e}")
         return {}
     files = [("openvino int8", ir8), ("openvino int8 per-tensor", ir8t)]
-    erf = gelu_as_erf(model)  # what optimize_for_inference's int8 also builds: the tanh GELUs as erf
-    if erf is not None:
-        ir8e = out / f"{name}-int8-tensor-erf.xml"
-        if not ir8e.exists():
-            export_onnx(erf, out / f"{name}-erf.onnx", name)
-            export_openvino(erf, ir8e, name, int8=True, calibration=calib, onnx_file=out / f"{name}-erf.onnx",
-                            per_tensor_weights=True)
+    ir8e = out / f"{name}-int8-tensor-erf.xml"
+    if ir8e.exists() or write_erf_int8(model, calib, ir8e, name):
         files.append(("openvino int8 per-tensor erf", ir8e))
     runners = {"openvino fp32": load_exported(ir, threads)}
     for label, path in files:
@@ -106,6 +101,22 @@ def openvino_runners(name: str, model: torch.nn.Module, out: Path, fp32: Path, t
         if native_bf16(torch.device("cpu")):  # the int8 graph with what NNCF left unquantised in bf16
             runners[f"{label}, bf16 elsewhere"] = load_exported(path, threads, precision="bf16")
     return runners
+
+
+def write_erf_int8(model: torch.nn.Module, calibration: list, path: Path, source: str) -> bool:
+    """The per-tensor int8 IR that optimize_for_inference's int8 also builds from the model with its
+    tanh GELUs as erf (no CLI export writes it; `mixerlab eval` reads it like any IR); False when the
+    model has no tanh GELU."""
+    from mixerlab.export.openvino import export_openvino
+
+    erf = gelu_as_erf(model)
+    if erf is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx = path.with_suffix(".onnx")
+    export_onnx(erf, onnx, source)
+    export_openvino(erf, path, source, int8=True, calibration=calibration, onnx_file=onnx, per_tensor_weights=True)
+    return True
 
 
 def accuracy(run: str, out: Path) -> dict:
@@ -118,9 +129,13 @@ def accuracy(run: str, out: Path) -> dict:
                "openvino int8 per-tensor": (out / "run-int8-tensor.xml",
                                             ["--int8", "--int8-weights", "per-tensor", "--data", "fashion-mnist"])}
     evals = [("pytorch", run, [])] + [(k, str(v[0]), []) for k, v in exports.items()]
+    int8_irs = {k: exports[k][0] for k in ("openvino int8", "openvino int8 per-tensor")}
+    erf = out / "run-int8-tensor-erf.xml"
+    if erf.exists() or write_erf_int8(*_model_and_calibration(run), erf, run):
+        evals.append(("openvino int8 per-tensor erf", str(erf), []))
+        int8_irs["openvino int8 per-tensor erf"] = erf
     if native_bf16(torch.device("cpu")):  # the int8 IR with the bf16 hint, as optimize_for_inference tries it
-        evals += [(f"{k}, bf16 elsewhere", str(exports[k][0]), ["--precision", "bf16"])
-                  for k in ("openvino int8", "openvino int8 per-tensor")]
+        evals += [(f"{k}, bf16 elsewhere", str(path), ["--precision", "bf16"]) for k, path in int8_irs.items()]
     for label, src, eval_args in evals:
         if label in exports and not Path(src).exists():  # a "bf16 elsewhere" label scores the file made above
             subprocess.run([sys.executable, "-m", "mixerlab", "export", run, src, *exports[label][1]], check=True)
@@ -130,38 +145,18 @@ def accuracy(run: str, out: Path) -> dict:
         res[label] = json.loads((ev / "eval.json").read_text())["top1"]
         print(f"Fashion-MNIST test top-1, {label:<29} {100 * res[label]:.2f}% "
               f"({100 * (res[label] - res['pytorch']):+.2f} points)", flush=True)
-    res.update(erf_int8_accuracy(run, out, res["pytorch"]))
     return res
 
 
-def erf_int8_accuracy(run: str, out: Path, fp32_top1: float) -> dict:
-    """The int8 graph optimize_for_inference builds from the model with erf GELUs (per-tensor weights,
-    calibrated on the same 256 training images as the CLI's), scored in process: no CLI export writes it."""
+def _model_and_calibration(run: str) -> tuple[torch.nn.Module, list]:
+    """The run's model and the 256 Fashion-MNIST training images `mixerlab export --int8 --data
+    fashion-mnist` calibrates it on."""
     from argparse import Namespace
 
     from mixerlab.cli.export import _calibration
-    from mixerlab.data.sources import load_dataset
-    from mixerlab.evaluate import evaluate
-    from mixerlab.export.openvino import export_openvino
 
     model = mixerlab.from_pretrained(run).eval()
-    erf = gelu_as_erf(model)
-    if erf is None:
-        return {}
-    calib = _calibration(model, Namespace(data="fashion-mnist", data_dir=None, calibration_images=256))
-    path = out / "run-int8-tensor-erf.xml"
-    export_onnx(erf, out / "run-erf.onnx", run)
-    export_openvino(erf, path, run, int8=True, calibration=calib, onnx_file=out / "run-erf.onnx",
-                    per_tensor_weights=True)
-    test = load_dataset("fashion-mnist", img_size=tuple(model.config.img_size)).test
-    res = {}
-    hints = ("f32", "bf16") if native_bf16(torch.device("cpu")) else ("f32",)
-    for hint in hints:
-        label = "openvino int8 per-tensor erf" + (", bf16 elsewhere" if hint == "bf16" else "")
-        res[label] = evaluate(load_exported(path, precision=hint), test, model.num_classes)["top1"]
-        print(f"Fashion-MNIST test top-1, {label:<29} {100 * res[label]:.2f}% "
-              f"({100 * (res[label] - fp32_top1):+.2f} points)", flush=True)
-    return res
+    return model, _calibration(model, Namespace(data="fashion-mnist", data_dir=None, calibration_images=256))
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ class AtenGelu(nn.Module):
 
 
 def gelu_as_erf(model: nn.Module, opaque_token_gelu: bool = False) -> nn.Module | None:
-    """A copy whose tanh GELUs are erf GELUs (the bf16 candidate of the module docstring), or None
+    """A copy whose tanh GELUs are erf GELUs (the bf16 candidate: perf/inference.py's docstring), or None
     when the model has no tanh GELU. `opaque_token_gelu`: token mixing's as `AtenGelu`, for compiling."""
     from ..models.layers import GeluTanh
     from ..models.mixer import TokenMlp

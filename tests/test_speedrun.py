@@ -37,13 +37,33 @@ def test_whitened_stem_decorrelates_the_patches():
     assert torch.count_nonzero(model.stem.proj.bias) == 0
 
 
-def test_whitening_needs_a_mixer_and_images_of_its_size():
+def test_whitening_needs_a_mixer_and_images_of_its_channels():
     vit = mixerlab.create_model("vit_nano")
     with pytest.raises(TrainingError, match="for MLP-Mixer models"):
         whiten_stem(vit, torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
     mixer = mixerlab.create_model("mixer_pico", patch_size=7)
-    with pytest.raises(TrainingError, match=r"at the model's input \(1 x 28 x 28\); these are \(3, 32, 32\)"):
-        whiten_stem(mixer, torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TrainingError, match=r"images with the model's 1 channel\(s\); these have 3"):
+        whiten_stem(mixer, torch.zeros(4, 3, 28, 28, dtype=torch.uint8))
+
+
+def test_whitening_images_of_another_size_sees_them_as_the_step_does():
+    """28 px images into a model that takes 25 px (--img-size 25): the covariance is that of the
+    patches the step feeds, the images resized by data.transforms.prepare."""
+    from mixerlab.data.transforms import prepare
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(300, 1, 7, 7, generator=g)
+    images = (F.interpolate(base, size=(28, 28), mode="bilinear") * 255).to(torch.uint8)
+    model = mixerlab.create_model("mixer_pico", img_size=25, patch_size=5, embed_dim=64, depth=1)
+    k = whiten_stem(model, images)
+    assert k == 25  # a 5x5 grey patch has 25 dimensions
+    x = prepare(images, model, torch.device("cpu"))
+    assert x.shape[-2:] == (25, 25)
+    patches = F.unfold(x, 5, stride=5).transpose(1, 2).reshape(-1, 25)
+    patches = patches - patches.mean(0)
+    feats = patches @ model.stem.proj.weight.detach().reshape(64, -1)[:k].T
+    eig = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)[:k]
+    np.testing.assert_allclose((feats.T @ feats / len(feats)).numpy(), torch.diag(eig / (eig + EPS)).numpy(), atol=2e-3)
 
 
 def test_the_speedrun_run_starts_from_the_whitened_stem(tmp_path):

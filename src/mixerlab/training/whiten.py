@@ -27,17 +27,20 @@ EPS = 1e-2
 
 @torch.no_grad()
 def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = EPS) -> int:
-    """Set the stem of `model` (a Mixer) from `images` (uint8, N x C x H x W, the data's own size,
-    which must be the model's); returns k, the number of whitened filter pairs."""
+    """Set the stem of `model` (a Mixer) from `images` (uint8, N x C x H x W at the data's own size;
+    resized to the model's input as training feeds them); returns k, the number of whitened filter
+    pairs."""
     stem = getattr(getattr(model, "stem", None), "proj", None)
     if stem is None:
         raise TrainingError("--stem-init whiten is for MLP-Mixer models (a per-patch linear stem)")
     cfg = model.config
-    if tuple(images.shape[-2:]) != tuple(cfg.img_size) or images.shape[1] != cfg.in_chans:
-        raise TrainingError(f"--stem-init whiten needs the images at the model's input ({cfg.in_chans} x "
-                            f"{cfg.img_size[0]} x {cfg.img_size[1]}); these are {tuple(images.shape[1:])}")
+    if images.shape[1] != cfg.in_chans:
+        raise TrainingError(f"--stem-init whiten needs images with the model's {cfg.in_chans} channel(s); "
+                            f"these have {images.shape[1]}")
     p = cfg.patch_size
     x = normalize(images[:SAMPLE], cfg.mean, cfg.std).float()
+    if tuple(x.shape[-2:]) != tuple(cfg.img_size):  # resized as the step feeds them (data.transforms.prepare)
+        x = F.interpolate(x, size=tuple(cfg.img_size), mode="bilinear", align_corners=False, antialias=True)
     patches = F.unfold(x, p, stride=p).transpose(1, 2).reshape(-1, x.shape[1] * p * p)
     patches = patches - patches.mean(0)
     eigenvalues, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))

@@ -55,7 +55,7 @@ def run_ours(recipe: str, seed: int, epochs: int | None, evals: int, max_steps: 
         for epoch in range(run.cfg.epochs):
             run.ddp.train()
             feed = run.feed.steps(epoch, 0)
-            for step in range(run.steps_per_epoch):
+            for step in range(run.steps_in(epoch)):
                 t = time.perf_counter()
                 torch.manual_seed(step_seed(cfg.seed, epoch, step, 0))
                 batches, _ = next(feed)
@@ -65,7 +65,7 @@ def run_ours(recipe: str, seed: int, epochs: int | None, evals: int, max_steps: 
                 if run.ema is not None:
                     run.ema.update_parameters(run.model)
                 seconds += time.perf_counter() - t
-                if (step + 1) % every == 0 or step + 1 == run.steps_per_epoch:
+                if (step + 1) % every == 0 or step + 1 == run.steps_in(epoch):
                     ev = evaluate(run.eval_model, run.data.test, 10, run.device, 1024, run.precision)
                     curve.append((seconds, ev["top1"]))
                     run.ddp.train()
@@ -94,7 +94,9 @@ def run_peer(model_cfg, train_cfg, precision: str, seed: int, evals: int, max_st
     mean, std = torch.tensor(c.mean).view(1, -1, 1, 1), torch.tensor(c.std).view(1, -1, 1, 1)
     bs, epochs = train_cfg.batch_size, train_cfg.epochs
     steps = len(y_all) // bs if max_steps is None else min(max_steps, len(y_all) // bs)
-    total, warm = steps * epochs, max(1, int(steps * (train_cfg.warmup_epochs or 0.5)))
+    # the same number of steps as ours: a time budget's run ends inside its last epoch
+    total = min(steps * epochs, train_cfg.max_steps or steps * epochs)
+    warm = max(1, int(steps * (train_cfg.warmup_epochs or 0.5)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     def lr_at(s: int) -> float:
         return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
@@ -114,9 +116,10 @@ def run_peer(model_cfg, train_cfg, precision: str, seed: int, evals: int, max_st
         return hits / len(data.test.labels)
 
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(y_all), generator=g)
-        for step in range(steps):
+        last = min(steps, total - epoch * steps)
+        for step in range(last):
             t = time.perf_counter()
             idx = order[step * bs:(step + 1) * bs]
             xb = (x_all[idx].float() / 255 - mean) / std
@@ -130,7 +133,7 @@ def run_peer(model_cfg, train_cfg, precision: str, seed: int, evals: int, max_st
             opt.zero_grad(set_to_none=True)
             sched.step()
             seconds += time.perf_counter() - t
-            if (step + 1) % every == 0 or step + 1 == steps:
+            if (step + 1) % every == 0 or step + 1 == last:
                 curve.append((seconds, score()))
     return curve
 

@@ -67,16 +67,19 @@ def test_whitening_images_of_another_size_sees_them_as_the_step_does():
 
 
 def test_the_speedrun_run_starts_from_the_whitened_stem(tmp_path):
-    """The recipe's run as the trainer builds it: its model and a stem that is whiten_stem's of the
-    training images (the first step would start from it), and the time that took, counted."""
+    """The recipe's run as the trainer builds it: its model, the steps that fit its 60 s here, and a stem
+    that is whiten_stem's of the training images (the first step would start from it, the steps
+    measured for the budget having been undone), and the time that took, counted."""
     from mixerlab.training import distributed as dist_utils
     from mixerlab.training.loop import Run
     from mixerlab.training.recipes import resolve
 
     cfg = resolve("speedrun", out=str(tmp_path / "run"), quiet=True)
-    assert (cfg.stem_init, cfg.epochs, cfg.flip, cfg.val_split) == ("whiten", 1, False, 0.0)
+    assert (cfg.stem_init, cfg.epochs, cfg.flip, cfg.val_split, cfg.time_budget) == ("whiten", None, None, 0.0, 60)
     run = Run(cfg, tmp_path / "run", dist_utils.setup(cfg.device))
     assert run.model.config.patch_size == 7 and run.setup_seconds > 0
+    assert run.cfg.max_steps >= 1 and run.cfg.epochs == -(-run.cfg.max_steps // run.steps_per_epoch)
+    assert run.cfg.flip is (run.cfg.epochs > 1)  # Fashion-MNIST keeps its classes in a mirror
     ref = mixerlab.create_model("mixer_pico", **cfg.model_args)
     whiten_stem(ref, run.data.train.images)
     # the leading filters (well-separated eigenvalues; further down, near-equal ones may rotate between two

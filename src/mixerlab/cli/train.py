@@ -23,6 +23,11 @@ HELP = {
     "random_erase": "probability that a training image gets one random rectangle (2-33%% of its area) replaced "
                     "by noise (random erasing, Zhong et al. 2017; applied after the other augmentations)",
     "crop_scale": "streaming: the smallest area of a random resized crop (default 0.08)",
+    "time_budget": "seconds of training (setup and the measuring of the step included, evaluation not): the run "
+                   "takes as many steps as fit in them on this machine, measured on a few steps before it starts, "
+                   "with the schedule over exactly those; --epochs is then the most it trains",
+    "max_steps": "optimiser steps in all: the last epoch is cut short there and the schedule ends with it (a time "
+                 "budget writes the steps it found here, in config.json)",
     "compile": "run the step's forward and backward through torch.compile (the first step pays the compile)",
 }
 

@@ -7,7 +7,8 @@ docs/results.md):
 - the warmup: a share of those steps;
 - mirror flips: on for the built-in sets known to keep their class in a mirror (Fashion-MNIST,
   CIFAR), off for everything else, since a mirrored digit, letter, arrow or X-ray can be another
-  class. `--flip` turns them on for a folder.
+  class, and off in a run of one epoch, where a model that sees each image once learns more from the
+  images as they are. `--flip` turns them on for a folder.
 The values are written into the run's config, so a resumed run keeps them.
 """
 
@@ -31,19 +32,22 @@ def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> Tra
     if epochs is None:
         epochs = min(max(math.ceil(STEP_BUDGET / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * epochs
-    flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True
+    flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True and epochs > 1
     return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=warmup, flip=flip)
 
 
 def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> str:
     """The run's first log line: length, warmup and augmentation, and why where the data chose."""
-    total = cfg.epochs * steps_per_epoch
-    parts = [f"{cfg.epochs} epochs of {steps_per_epoch} steps ({total:,} steps"
-             + (f", the budget for {len(data.train):,} training images)" if given.epochs is None else ")"),
+    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    cut = ", the last epoch cut short" if total < cfg.epochs * steps_per_epoch else ""
+    parts = [f"{cfg.epochs} epochs of {steps_per_epoch} steps ({total:,} steps{cut}"
+             + (f", the budget for {len(data.train):,} training images)"
+                if given.epochs is None and not given.time_budget else ")"),
              f"warmup {round(cfg.warmup_epochs * steps_per_epoch):,} steps"]
     if given.flip is None:
         why = ("a built-in set whose mirror images keep their class" if cfg.flip else
-               "a mirror image may be another class here; --flip turns them on")
+               "one epoch: each image is seen once, and learns more as it is" if data.mirror_invariant is True
+               else "a mirror image may be another class here; --flip turns them on")
         parts.append(f"mirror flips {'on' if cfg.flip else 'off'} ({why})")
     else:
         parts.append(f"mirror flips {'on' if cfg.flip else 'off'}")

@@ -53,7 +53,11 @@ def open_run(cfg: TrainConfig | None, resume: str | None,
                 f"from this checkpoint with other settings, start a new run: mixerlab train --pretrained "
                 f"{run_dir} --out NEW_FOLDER {flags} ...")
         ckpt = load_checkpoint(run_dir / "last.pt")
-        cfg = TrainConfig.from_dict({**ckpt["train_config"], **(resume_overrides or {}), "out": str(run_dir)})
+        saved = dict(ckpt["train_config"])
+        if "epochs" in (resume_overrides or {}) and "max_steps" not in resume_overrides:
+            # --epochs N trains to the end of epoch N, past the steps a time budget found
+            saved.update(max_steps=None, time_budget=None)
+        cfg = TrainConfig.from_dict({**saved, **(resume_overrides or {}), "out": str(run_dir)})
         return cfg, run_dir, ckpt
     if cfg is None:
         raise ValueError("train() needs a TrainConfig or a run folder to resume")

@@ -16,7 +16,7 @@ from ..validation import Rule, at_least, check_known_keys, fraction, validate
 
 # What may change when a run is resumed: how long it trains and where and how it runs, never what it
 # learns from or how (that would not continue the same run).
-RESUMABLE = ("epochs", "quiet", "device", "eval_batch_size", "data_dir", "strict", "compile")
+RESUMABLE = ("epochs", "max_steps", "quiet", "device", "eval_batch_size", "data_dir", "strict", "compile")
 
 # Old option names, still read: the same names as the model config's now.
 RENAMED = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
@@ -39,7 +39,9 @@ class TrainConfig:
     memory_budget_gb: float | None = None  # above this a folder streams (None: half the available memory)
     recipe: str = "auto"
     # optimisation
-    epochs: int | None = None  # None: from the dataset's size (training/auto.py)
+    epochs: int | None = None  # None: from the dataset's size (training/auto.py); with time_budget, the most
+    max_steps: int | None = None  # optimiser steps in all: the last epoch is cut short there, and the schedule ends
+    time_budget: float | None = None  # seconds of training: as many steps as fit here (training/budget.py)
     batch_size: int = 128  # per process; the global batch is batch_size * world_size * accum_steps
     accum_steps: int = 1
     optimizer: str = "adamw"  # adamw | sgd | muon (Muon for the hidden matrices, AdamW for the rest)
@@ -121,4 +123,5 @@ RULES: dict[str, Rule] = {
     "crop_scale": Rule(0.0, 1.0, lo_open=True), "workers": at_least(0), "memory_budget_gb": Rule(lo=0.0, lo_open=True),
     "drop_path_rate": fraction(), "drop_rate": fraction(),
     "ema": fraction(), "seed": at_least(0), "eval_batch_size": at_least(1), "max_steps_per_epoch": at_least(1),
+    "max_steps": at_least(1), "time_budget": Rule(lo=0.0, lo_open=True),
 }

@@ -76,6 +76,14 @@ def mean_across(value: float, device: torch.device) -> float:
     return t.item() / dist.get_world_size()
 
 
+def max_across(value: float, device: torch.device) -> float:
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def gather_objects(obj):
     """Every rank's `obj`, in rank order (a one-element list without DDP)."""
     if not active():

@@ -30,7 +30,7 @@ from ..models.flops import count_params
 from ..perf.runtime import pick_precision
 from ..perf.threads import StepWatch
 from ..report import STEP_FIELDS
-from . import auto
+from . import auto, budget
 from . import distributed as dist_utils
 from .checkpoint import link_latest, open_run, remove_unstarted, resume_command, save_checkpoint
 from .config import TrainConfig
@@ -94,9 +94,9 @@ class Run:
         self.precision = pick_precision(cfg.precision, ctx.device)
         torch.manual_seed(cfg.seed)
         size = (cfg.img_size, cfg.img_size) if cfg.img_size and not cfg.pretrained else None
-        budget = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
+        memory = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None
         self.data = load_dataset(cfg.data, cfg.data_dir, size, cfg.val_split, cfg.seed, cfg.strict, stream=cfg.stream,
-                                 workers=cfg.workers, val_data=cfg.val_data, budget_bytes=budget)
+                                 workers=cfg.workers, val_data=cfg.val_data, budget_bytes=memory)
         check_recipe_data(cfg.recipe, cfg.data, self.data.in_chans, self.data.img_size)
         if self.data.val is None and getattr(self.data, "test", None) is None:
             raise TrainingError(f"{cfg.data}: --val-split 0 leaves no images to score the epochs on (a folder "
@@ -119,6 +119,7 @@ class Run:
         if cfg.compile:  # after the DDP wrapper, as torch recommends; evaluation runs the plain model
             self.ddp = compile_for_training(self.ddp)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.global_batch = cfg.batch_size * cfg.accum_steps * ctx.world_size
         self.steps_per_epoch = len(self.data.train) // self.global_batch
         if cfg.max_steps_per_epoch:
@@ -126,13 +127,23 @@ class Run:
         if self.steps_per_epoch == 0:
             raise TrainingError(f"{len(self.data.train)} training images is less than one global batch "
                                 f"({cfg.batch_size} x {cfg.accum_steps} accum x {ctx.world_size} processes)")
+        fitted = None
+        if cfg.time_budget and cfg.max_steps is None:  # a resumed run keeps the steps found when it began
+            steps, measuring, fitted = budget.fit(self, cfg.time_budget, self.setup_seconds,
+                                                  cfg.epochs or auto.MAX_EPOCHS)
+            self.setup_seconds += measuring
+            cfg = dataclasses.replace(cfg, max_steps=steps)
+        if cfg.max_steps:  # no epoch past the last step; --epochs stays the most
+            need = math.ceil(cfg.max_steps / self.steps_per_epoch)
+            cfg = dataclasses.replace(cfg, epochs=min(cfg.epochs or need, need))
         self.cfg = cfg = auto.fill_from_data(cfg, self.data, self.steps_per_epoch)
         if self.is_main:
+            if fitted:
+                log.info(fitted)
             log.info(auto.describe(given, cfg, self.data, self.steps_per_epoch))
-        total = self.steps_per_epoch * cfg.epochs
+        total = self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
         warmup = max(min(int(cfg.warmup_epochs * self.steps_per_epoch), total), 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total, warmup))
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ema = None
         if cfg.ema > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -140,6 +151,10 @@ class Run:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.feed = make_feed(self)
         self.progress = Progress()
+
+    def steps_in(self, epoch: int) -> int:
+        """The steps of epoch `epoch` (0-based): all but in the last of a run that --max-steps cuts short."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
     @property
     def epoch_split(self) -> tuple[str, Any]:
@@ -226,7 +241,8 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
         p.epoch_loss_sum = p.epoch_grad_norm_sum = p.epoch_grad_norm_max = p.epoch_top1_sum = 0.0
         p.epoch_bad_images = 0
     show = run.is_main and not cfg.quiet
-    bar = tqdm(range(start, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+    n = run.steps_in(epoch)
+    bar = tqdm(range(start, n), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                dynamic_ncols=True, leave=True)
     feed = run.feed.steps(epoch, start)
     for step in bar:
@@ -270,7 +286,6 @@ def train_epoch(run: Run, epoch: int, stop: StopFlag) -> EpochStats | None:
             return None
     bar.close()
     feed.close()
-    n = run.steps_per_epoch
     return EpochStats(time.perf_counter() - t_epoch, data_time, n - start, p.epoch_loss_sum / n,
                       p.epoch_grad_norm_sum / n, p.epoch_grad_norm_max, p.epoch_top1_sum / n, p.epoch_bad_images)
 
@@ -285,7 +300,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> None:
                   run.precision, run.ctx.rank, run.ctx.world_size)
     ev.pop("hardest_images")
     m = {
-        "epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
+        "epoch": epoch + 1, "step": epoch * run.steps_per_epoch + run.steps_in(epoch),
         "train_loss": dist_utils.mean_across(stats.mean_loss, run.device),
         # DDP all-reduces the gradients before their norm is taken: the same on every rank
         "grad_norm": stats.mean_grad_norm, "grad_norm_max": stats.max_grad_norm,
@@ -361,6 +376,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, ctx: di
         run = Run(cfg, run_dir, ctx)
         if ckpt is not None:
             run.load_state_dict(ckpt)
+        else:
+            run.progress.train_time_s = run.setup_seconds  # the whitening and the step's measuring are training
         run.write_config()
         for epoch in range(run.progress.epoch, run.cfg.epochs):
             stats = train_epoch(run, epoch, stop)

@@ -1,0 +1,74 @@
+"""A run fitted to a time budget (`--time-budget SECONDS`): as many optimiser steps as fit in that many
+seconds of training on this machine, with the schedule over exactly those steps.
+
+The step time is measured before the run on its own model, optimiser and images (a few steps, then
+both put back as they were), so the schedule knows its length from the first step and the run stays
+a function of its config: the steps found are written into it (`max_steps`, `epochs`), and a resumed
+run, or the same config on another machine, trains exactly those steps again. The measuring, and
+setup such as the whitened stem, count against the budget; evaluation does not, as in the speedrun
+benchmarks (airbench's rule)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+
+import torch
+
+from . import distributed as dist_utils
+from .feed import make_feed
+from .step import step_seed, train_step
+
+WARM_STEPS = 2  # first steps pay allocation (and a compile): not timed
+TIMED_STEPS = 8
+log = logging.getLogger(__name__)
+
+
+def measure_step(run) -> tuple[float, float]:
+    """(seconds a training step takes, seconds the measuring took in all); the model, optimiser and
+    loss scaler are left as they were. Every process measures; they agree on the slowest, as DDP steps wait for it."""
+    t_all = time.perf_counter()
+    model_state = copy.deepcopy(run.model.state_dict())
+    optim_state = copy.deepcopy(run.optimizer.state_dict())
+    scaler_state = run.scaler.state_dict() if run.scaler is not None else None
+    feed = make_feed(run)
+    steps = feed.steps(0, 0)
+    n = min(WARM_STEPS + TIMED_STEPS, run.steps_per_epoch)
+    timed, seconds = 0, 0.0
+    try:
+        run.ddp.train()
+        for i in range(n):
+            torch.manual_seed(step_seed(run.cfg.seed, 0, i, run.ctx.rank))
+            t = time.perf_counter()
+            batches, _ = next(steps)
+            train_step(run.ddp, batches, run.optimizer, run.cfg, run.data.num_classes, run.device,
+                       run.precision, run.scaler)
+            if i >= WARM_STEPS or n <= WARM_STEPS:
+                seconds += time.perf_counter() - t
+                timed += 1
+    finally:
+        steps.close()
+    run.model.load_state_dict(model_state)
+    run.optimizer.load_state_dict(optim_state)
+    if scaler_state is not None:
+        run.scaler.load_state_dict(scaler_state)
+    per_step = dist_utils.max_across(seconds / timed, run.device)
+    return per_step, time.perf_counter() - t_all
+
+
+def fit(run, budget: float, spent: float, max_epochs: int) -> tuple[int, float, str]:
+    """(steps that fit in `budget` seconds of which `spent` are gone, at most `max_epochs` epochs; the
+    seconds the measuring took, which are spent too; the line that says how the steps were found)."""
+    per_step, measuring = measure_step(run)
+    left = budget - spent - measuring
+    steps = max(1, min(math.floor(left / per_step), max_epochs * run.steps_per_epoch))
+    why = (f"time budget {budget:g} s: a step takes {1000 * per_step:.0f} ms here (measured on {TIMED_STEPS} steps "
+           f"in {measuring:.1f} s{f', after {spent:.1f} s of setup' if spent >= 0.05 else ''}), so {steps:,} steps "
+           f"fit: {steps / run.steps_per_epoch:.2f} epochs")
+    if left < per_step:
+        why += f" (the budget is gone before the first step: {left:.1f} s are left)"
+    elif steps == max_epochs * run.steps_per_epoch:
+        why += f" (the most --epochs allows: {max_epochs})"
+    return steps, measuring, why

@@ -1,0 +1,123 @@
+"""--time-budget and --max-steps: a run fitted to the seconds it may take, then trained for exactly
+the steps found, resumably; and what a user's own length does to a recipe's budget."""
+
+import json
+
+import pytest
+import torch
+
+from mixerlab.cli import main as cli
+from mixerlab.errors import ConfigError
+from mixerlab.training import budget
+from mixerlab.training.config import TrainConfig
+from mixerlab.training.loop import train
+from mixerlab.training.recipes import resolve
+
+from .test_train import make_image_folder, tiny_cfg
+
+STEPS_PER_EPOCH = 36 // 8  # make_image_folder: 3 classes x 12 training images, batch 8
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_measuring_the_step_leaves_the_run_as_it_was(tmp_path):
+    """A budget that holds more than --epochs allows trains those epochs, and exactly as the same run
+    given its length trains: the steps measured before it changed no weight and no optimiser state."""
+    root = make_image_folder(tmp_path / "shapes")
+    fitted = train(tiny_cfg(tmp_path, root, epochs=3, time_budget=1e6, optimizer="muon", ema=0.9))
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (cfg["max_steps"], cfg["epochs"], cfg["time_budget"]) == (3 * STEPS_PER_EPOCH, 3, 1e6)
+    given = tiny_cfg(tmp_path, root, epochs=3, optimizer="muon", ema=0.9, out=str(tmp_path / "given"))
+    assert given.time_budget is None
+    train(given)
+    a, b = weights(tmp_path / "run" / "last.pt"), weights(tmp_path / "given" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert fitted["train_time_s"] > 0
+
+
+@pytest.fixture
+def half_second_steps(monkeypatch):
+    """A step that takes 0.5 s, found in 1 s of measuring (the arithmetic, not this machine's speed)."""
+    monkeypatch.setattr(budget, "measure_step", lambda run: (0.5, 1.0))
+
+
+def test_the_budget_sets_the_steps_and_the_last_epoch_is_cut_short(tmp_path, half_second_steps, caplog):
+    root = make_image_folder(tmp_path / "shapes")
+    caplog.set_level("INFO", logger="mixerlab.training.loop")
+    # 4 s, 1 spent measuring: 3 s hold 6 steps of 0.5 s = an epoch of 4 and 2 of the next
+    train(tiny_cfg(tmp_path, root, epochs=None, time_budget=4.0, schedule="linear", min_lr=0.0))
+    run = tmp_path / "run"
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert (cfg["max_steps"], cfg["epochs"]) == (6, 2)
+    assert [m["step"] for m in lines(run / "metrics.jsonl")] == [4, 6]
+    steps = lines(run / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    # the schedule ends with the last step, not with a second epoch that never came
+    assert torch.load(run / "last.pt", weights_only=True)["scheduler"]["_last_lr"][0] == 0.0
+    said = caplog.text
+    assert "time budget 4 s: a step takes 500 ms here" in said and "6 steps fit: 1.50 epochs" in said
+    assert "2 epochs of 4 steps (6 steps, the last epoch cut short" in said
+
+
+def test_a_budgeted_run_resumes_bit_for_bit_without_measuring_again(tmp_path, half_second_steps, monkeypatch):
+    root = make_image_folder(tmp_path / "shapes")
+    kw = dict(epochs=None, time_budget=4.0, optimizer="muon")
+    train(tiny_cfg(tmp_path, root, out=str(tmp_path / "straight"), **kw))
+    stopped = train(tiny_cfg(tmp_path, root, **kw), stop_after_steps=5)
+    assert stopped["stopped"]
+    monkeypatch.setattr(budget, "measure_step", lambda run: pytest.fail("a resumed run measured the step again"))
+    train(resume=str(tmp_path / "run"))
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in lines(tmp_path / "run" / "metrics.jsonl")] == [4, 6]
+
+
+def test_training_a_budgeted_run_further_with_epochs_runs_whole_epochs(tmp_path, half_second_steps):
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=None, time_budget=2.5))  # 1.5 s: 3 steps, 1 epoch cut short
+    train(resume=str(tmp_path / "run"), resume_overrides={"epochs": 2})
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (cfg["epochs"], cfg["max_steps"], cfg["time_budget"]) == (2, None, None)
+    assert [m["epoch"] for m in lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_max_steps_alone_cuts_the_run_short(tmp_path):
+    root = make_image_folder(tmp_path / "shapes")
+    train(tiny_cfg(tmp_path, root, epochs=3, max_steps=5))
+    assert [m["step"] for m in lines(tmp_path / "run" / "metrics.jsonl")] == [4, 5]
+
+
+def test_a_length_the_user_gives_replaces_the_recipes_budget():
+    assert resolve("speedrun").time_budget == 60.0 and resolve("speedrun").epochs is None
+    assert resolve("speedrun", epochs=3).time_budget is None
+    assert resolve("speedrun", max_steps=500).time_budget is None
+    both = resolve("speedrun", epochs=3, time_budget=30.0)  # then --epochs is the most it trains
+    assert (both.epochs, both.time_budget) == (3, 30.0)
+    with pytest.raises(ConfigError, match="--time-budget and --max-steps both set the run's length"):
+        resolve("scratch", time_budget=30.0, max_steps=100)
+
+
+@pytest.mark.parametrize("flag, value", [("--time-budget", "0"), ("--time-budget", "-5"), ("--max-steps", "0")])
+def test_bad_lengths_are_refused_by_name(tmp_path, capsys, flag, value):
+    assert cli(["train", "--data", str(tmp_path), flag, value, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert flag.lstrip("-").replace("-", "_") in err and value in err and not (tmp_path / "run").exists()
+
+
+def test_flips_from_the_data_are_off_for_a_single_pass():
+    """Fashion-MNIST keeps its classes in a mirror, but one epoch learns more from the images as they are
+    (docs/results.md); a flag still wins."""
+    from types import SimpleNamespace
+
+    from mixerlab.training.auto import fill_from_data
+
+    data = SimpleNamespace(mirror_invariant=True)
+    assert fill_from_data(TrainConfig(epochs=1), data, 100).flip is False
+    assert fill_from_data(TrainConfig(epochs=2), data, 100).flip is True
+    assert fill_from_data(TrainConfig(epochs=1, flip=True), data, 100).flip is True

@@ -4,12 +4,15 @@ the autocast context for that precision. Every task (train, eval, predict, bench
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 
 import torch
 
 from .allocator import tune_cpu_allocator
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "auto", keep_freed: bool = True) -> torch.device:
@@ -24,15 +27,50 @@ def pick_device(name: str = "auto", keep_freed: bool = True) -> torch.device:
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
-    """'auto': bf16 where the hardware computes it natively (faster than fp32 for these models on an
-    AVX512-BF16 CPU, docs/benchmarks.md), fp32 elsewhere."""
+    """'auto': on a CUDA GPU bf16 (fp16 where it has no bf16); on a CPU bf16 where it computes bf16 natively
+    and faster than fp32 (measured: `bf16_pays_on_cpu`), fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if native_bf16(device) and bf16_pays_on_cpu() else "fp32"
+
+
+# bf16 must win by this much to be picked: near a tie, fp32's precision is worth more than the time
+BF16_MARGIN = 1.15
+PROBE_SHAPE = (1024, 768, 1024)  # rows x in x out: about the size of these models' products
+
+
+def product_seconds(dtype: torch.dtype, shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) -> float:
+    """The best of `repeats` timings of one Linear product in `dtype` on the CPU, after two untimed."""
+    import time
+
+    rows, k, n = shape
+    x, w = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            if i >= 2:
+                best = min(best, time.perf_counter() - t)
+    return best
+
+
+@functools.cache
+def bf16_pays_on_cpu() -> bool:
+    """Whether this CPU runs bf16 products faster than fp32 ones: measured once a process, in about a
+    tenth of a second, because AVX512-BF16 alone does not say. On AMX tiles and on AMD's AVX512-BF16
+    they are much faster; on an Intel Xeon that has AVX512-BF16 but no AMX they ran at half the fp32
+    rate, and training in bf16 there was slower than in fp32 (docs/benchmarks.md)."""
+    fp32, bf16 = product_seconds(torch.float32), product_seconds(torch.bfloat16)
+    pays = fp32 / bf16 >= BF16_MARGIN
+    if not pays:
+        log.info("precision auto: fp32, since this CPU runs bf16 products no faster (%.1f ms against %.1f ms "
+                 "in fp32; --precision bf16 forces it)", 1000 * bf16, 1000 * fp32)
+    return pays
 
 
 def native_bf16(device: torch.device) -> bool:

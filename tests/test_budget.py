@@ -121,3 +121,15 @@ def test_flips_from_the_data_are_off_for_a_single_pass():
     assert fill_from_data(TrainConfig(epochs=1), data, 100).flip is False
     assert fill_from_data(TrainConfig(epochs=2), data, 100).flip is True
     assert fill_from_data(TrainConfig(epochs=1, flip=True), data, 100).flip is True
+
+
+def test_the_warmup_from_the_data_is_a_share_of_the_steps_taken():
+    """The auto recipe warms up over 5% of the run: of the steps a budget found, not of whole epochs."""
+    from types import SimpleNamespace
+
+    from mixerlab.training.auto import WARMUP_SHARE, fill_from_data
+
+    data = SimpleNamespace(mirror_invariant=False)
+    cut = fill_from_data(TrainConfig(epochs=2, max_steps=150), data, 100)
+    assert cut.warmup_epochs == pytest.approx(WARMUP_SHARE * 1.5)
+    assert fill_from_data(TrainConfig(epochs=2), data, 100).warmup_epochs == pytest.approx(WARMUP_SHARE * 2)

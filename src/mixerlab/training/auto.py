@@ -31,7 +31,9 @@ def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> Tra
     epochs = cfg.epochs
     if epochs is None:
         epochs = min(max(math.ceil(STEP_BUDGET / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
-    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * epochs
+    # a share of the steps the run takes (a time budget or --max-steps may end it inside its last epoch)
+    length = min(epochs, cfg.max_steps / steps_per_epoch) if cfg.max_steps else epochs
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * length
     flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True and epochs > 1
     return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=warmup, flip=flip)
 
@@ -40,7 +42,7 @@ def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoc
     """The run's first log line: length, warmup and augmentation, and why where the data chose."""
     total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
     cut = ", the last epoch cut short" if total < cfg.epochs * steps_per_epoch else ""
-    parts = [f"{cfg.epochs} epochs of {steps_per_epoch} steps ({total:,} steps{cut}"
+    parts = [f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {steps_per_epoch} steps ({total:,} steps{cut}"
              + (f", the budget for {len(data.train):,} training images)"
                 if given.epochs is None and not given.time_budget else ")"),
              f"warmup {round(cfg.warmup_epochs * steps_per_epoch):,} steps"]

@@ -110,9 +110,9 @@ def test_bad_lengths_are_refused_by_name(tmp_path, capsys, flag, value):
     assert flag.lstrip("-").replace("-", "_") in err and value in err and not (tmp_path / "run").exists()
 
 
-def test_flips_from_the_data_are_off_for_a_single_pass():
-    """Fashion-MNIST keeps its classes in a mirror, but one epoch learns more from the images as they are
-    (docs/results.md); a flag still wins."""
+def test_flips_from_the_data_are_off_for_under_two_epochs():
+    """Fashion-MNIST keeps its classes in a mirror, but a run of under two epochs learns more from the
+    images as they are (docs/results.md); a flag still wins."""
     from types import SimpleNamespace
 
     from mixerlab.training.auto import fill_from_data
@@ -120,6 +120,7 @@ def test_flips_from_the_data_are_off_for_a_single_pass():
     data = SimpleNamespace(mirror_invariant=True)
     assert fill_from_data(TrainConfig(epochs=1), data, 100).flip is False
     assert fill_from_data(TrainConfig(epochs=2), data, 100).flip is True
+    assert fill_from_data(TrainConfig(epochs=2, max_steps=150), data, 100).flip is False  # 1.5 epochs
     assert fill_from_data(TrainConfig(epochs=1, flip=True), data, 100).flip is True
 
 

@@ -152,3 +152,18 @@ def test_processes_flag_trains_like_torchrun_and_ctrl_c_ends_with_one_line(tmp_p
     assert summary["world_size"] == 2 and summary["epochs"] == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in rows] == [1, 2]
+
+
+def test_a_time_budget_under_torchrun_is_one_length_for_every_process(tmp_path):
+    """Each process measures the step with the sharded Muon; they agree on one number of steps (the
+    run ends, rather than one process waiting for the other's extra step) and write it once."""
+    root = make_image_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    args = ["--data", str(root), "--model", "mixer_nano", "--batch-size", "4", "--epochs", "2", "--time-budget",
+            "1000", "--precision", "fp32", "--quiet", "--optimizer", "muon", "--out", str(run)]
+    args += sum((["--model-arg", f"{k}={v}"] for k, v in TINY.items()), [])
+    r = _torchrun(args)
+    assert r.returncode == 0, launch_failure(r)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["max_steps"] == 2 * (36 // 8) and cfg["global_batch"] == 8
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [4, 8]

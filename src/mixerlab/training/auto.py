@@ -7,8 +7,8 @@ docs/results.md):
 - the warmup: a share of those steps;
 - mirror flips: on for the built-in sets known to keep their class in a mirror (Fashion-MNIST,
   CIFAR), off for everything else, since a mirrored digit, letter, arrow or X-ray can be another
-  class, and off in a run of one epoch, where a model that sees each image once learns more from the
-  images as they are. `--flip` turns them on for a folder.
+  class, and off in a run of under two epochs, where a model that sees each image about once learns
+  more from the images as they are. `--flip` turns them on for a folder.
 The values are written into the run's config, so a resumed run keeps them.
 """
 
@@ -34,7 +34,7 @@ def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> Tra
     # a share of the steps the run takes (a time budget or --max-steps may end it inside its last epoch)
     length = min(epochs, cfg.max_steps / steps_per_epoch) if cfg.max_steps else epochs
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * length
-    flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True and epochs > 1
+    flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True and length >= 2
     return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=warmup, flip=flip)
 
 
@@ -48,7 +48,8 @@ def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoc
              f"warmup {round(cfg.warmup_epochs * steps_per_epoch):,} steps"]
     if given.flip is None:
         why = ("a built-in set whose mirror images keep their class" if cfg.flip else
-               "one epoch: each image is seen once, and learns more as it is" if data.mirror_invariant is True
+               "under two epochs: each image is seen once or so, and teaches more as it is"
+               if data.mirror_invariant is True
                else "a mirror image may be another class here; --flip turns them on")
         parts.append(f"mirror flips {'on' if cfg.flip else 'off'} ({why})")
     else:

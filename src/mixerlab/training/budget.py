@@ -19,6 +19,7 @@ import torch
 
 from . import distributed as dist_utils
 from .feed import make_feed
+from .setup import build_optimizer
 from .step import step_seed, train_step
 
 WARM_STEPS = 2  # first steps pay allocation (and a compile): not timed
@@ -28,10 +29,10 @@ log = logging.getLogger(__name__)
 
 def measure_step(run) -> tuple[float, float]:
     """(seconds a training step takes, seconds the measuring took in all); the model, optimiser and
-    loss scaler are left as they were. Every process measures; they agree on the slowest, as DDP steps wait for it."""
+    loss scaler are left as they were before it. Every process measures; they agree on the slowest,
+    since a DDP step waits for it."""
     t_all = time.perf_counter()
     model_state = copy.deepcopy(run.model.state_dict())
-    optim_state = copy.deepcopy(run.optimizer.state_dict())
     scaler_state = run.scaler.state_dict() if run.scaler is not None else None
     feed = make_feed(run)
     steps = feed.steps(0, 0)
@@ -51,7 +52,8 @@ def measure_step(run) -> tuple[float, float]:
     finally:
         steps.close()
     run.model.load_state_dict(model_state)
-    run.optimizer.load_state_dict(optim_state)
+    # a new optimiser, as the run's was before any step (a sharded one has no whole state to copy back)
+    run.optimizer = build_optimizer(run.cfg, run.model)
     if scaler_state is not None:
         run.scaler.load_state_dict(scaler_state)
     per_step = dist_utils.max_across(seconds / timed, run.device)

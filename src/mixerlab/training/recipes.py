@@ -35,10 +35,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                  val_split=0.0),
     # Time to accuracy on 28 x 28 images (Fashion-MNIST, MNIST): the most test accuracy we found for
     # 60 s of training on 2 CPU cores (docs/results.md). As many steps as fit in 60 s on the machine at
-    # hand (one epoch on a CPU without native bf16, three to five with it), over all 60,000 images, no
-    # selection (the last step is the model, as airbench does); 7x7 patches (16 tokens) keep the step
+    # hand (one epoch on an AMD Zen 3, three on a Zen 4 or a Xeon without AMX, five with AMX), over all
+    # 60,000 images, no selection (the last step is the model, as airbench does); 7x7 patches (16 tokens) keep the step
     # cheap; the stem starts from the whitened patch covariance; flips from the data (`auto`), so off
-    # in a run of one epoch, where they cost more accuracy than they add.
+    # in a run of under two epochs, where they cost more accuracy than they add.
     "speedrun": dict(model="mixer_pico", model_args=dict(patch_size=7, depth=4, channels_mlp_dim=256, act="gelu"),
                      stem_init="whiten", optimizer="muon", lr=1e-2, weight_decay=0.05, schedule="linear",
                      warmup_epochs=0.1, min_lr=0.0, clip_grad=1.0, label_smoothing=0.2, crop_pad=0, flip=None,

@@ -56,6 +56,8 @@ def test_the_budget_sets_the_steps_and_the_last_epoch_is_cut_short(tmp_path, hal
     cfg = json.loads((run / "config.json").read_text())["train"]
     assert (cfg["max_steps"], cfg["epochs"]) == (6, 2)
     assert [m["step"] for m in lines(run / "metrics.jsonl")] == [4, 6]
+    report = (run / "report.md").read_text()
+    assert "| epoch | steps to its end |" in report and "\n| 1 | 4 |" in report and "\n| 2 | 6 |" in report
     steps = lines(run / "steps.jsonl")
     assert [s["step"] for s in steps] == list(range(1, 7))
     # the schedule ends with the last step, not with a second epoch that never came

@@ -303,9 +303,9 @@ def write_report(run_dir: Path) -> Path:
     if split == "test":
         doc.para("There was no validation split (--val-split 0): each epoch was scored on the test images for "
                  "this table only, and the last epoch was kept.")
-    doc.table(["epoch", "train loss", "train top-1", f"{split} loss", f"{split} top-1", f"{split} top-5", "lr",
-               "grad norm", "img/s", "data time"],
-              [[str(m["epoch"]), f"{m['train_loss']:.4f}",
+    doc.table(["epoch", "steps to its end", "train loss", "train top-1", f"{split} loss", f"{split} top-1",
+               f"{split} top-5", "lr", "grad norm", "img/s", "data time"],
+              [[str(m["epoch"]), f"{m['step']:,}" if "step" in m else "-", f"{m['train_loss']:.4f}",
                 f"{100 * m['train_top1']:.2f}%" if "train_top1" in m else "-", f"{m[f'{split}_loss']:.4f}",
                 f"{100 * m[f'{split}_top1']:.2f}%", f"{100 * m[f'{split}_top5']:.2f}%", f"{m['lr']:.2e}",
                 f"{m.get('grad_norm', float('nan')):.3f}", f"{m['images_per_s']:.0f}",

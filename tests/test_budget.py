@@ -136,3 +136,19 @@ def test_the_warmup_from_the_data_is_a_share_of_the_steps_taken():
     cut = fill_from_data(TrainConfig(epochs=2, max_steps=150), data, 100)
     assert cut.warmup_epochs == pytest.approx(WARMUP_SHARE * 1.5)
     assert fill_from_data(TrainConfig(epochs=2), data, 100).warmup_epochs == pytest.approx(WARMUP_SHARE * 2)
+
+
+def test_a_model_arg_changes_one_argument_of_the_recipes_model(tmp_path):
+    """`--recipe speedrun --model-arg channels_mlp_dim=384` is the speedrun's 7x7-patch, 4-layer Mixer
+    with a wider channel MLP, not mixer_pico's defaults (4x4 patches, 6 layers) with it; a model of the
+    user's own takes none of the recipe's arguments."""
+    wider = resolve("speedrun", model_args={"channels_mlp_dim": 384})
+    assert wider.model_args == {"patch_size": 7, "depth": 4, "channels_mlp_dim": 384, "act": "gelu"}
+    assert resolve("speedrun", model="mixer_nano", model_args={"depth": 2}).model_args == {"depth": 2}
+    f = tmp_path / "my.yaml"
+    f.write_text("recipe: speedrun\nmodel_args:\n  depth: 6\n")
+    both = resolve(None, str(f), model_args={"patch_size": 4})
+    assert both.model_args == {"patch_size": 4, "depth": 6, "channels_mlp_dim": 256, "act": "gelu"}
+    f.write_text("model_args: 3\n")
+    with pytest.raises(ConfigError, match="my.yaml: model_args must be a mapping"):
+        resolve(None, str(f))

@@ -62,7 +62,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="print the options this command would train with (recipe, then --config, then flags) "
                         "as JSON, and exit; null: chosen from the data when the run starts")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override, e.g. --model-arg depth=6 (repeatable)")
+                   help="model config override, e.g. --model-arg depth=6 (repeatable); it changes that one "
+                        "argument of the recipe's model and keeps the recipe's others (--print-config shows them)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("recipe", "model_args"):

@@ -117,7 +117,15 @@ def resolve(recipe: str | None = None, file: str | None = None, **flags: Any) ->
     given = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
     if given.get("time_budget") is not None and given.get("max_steps") is not None:
         raise ConfigError("--time-budget and --max-steps both set the run's length; give one of them")
+    if not isinstance(from_file.get("model_args", {}), dict):
+        raise ConfigError(f"{file}: model_args must be a mapping of model config keys (KEY: VALUE lines), "
+                          f"not {from_file['model_args']!r}")
     d: dict[str, Any] = {**RECIPES[name], **given, "recipe": name}
+    if isinstance(given.get("model_args"), dict) and d.get("model") == RECIPES[name].get("model", "auto"):
+        # --model-arg changes one argument of the recipe's model, not the whole of them; a model of the
+        # user's own takes none of the recipe's (they describe the recipe's)
+        d["model_args"] = {**RECIPES[name].get("model_args", {}), **from_file.get("model_args", {}),
+                           **given["model_args"]}
     if "time_budget" not in given and ("epochs" in given or "max_steps" in given):
         d["time_budget"] = None  # a length given by the user replaces the recipe's budget
     return TrainConfig.from_dict(d)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import statistics
 import time
 
 import torch
@@ -37,7 +38,7 @@ def measure_step(run) -> tuple[float, float]:
     feed = make_feed(run)
     steps = feed.steps(0, 0)
     n = min(WARM_STEPS + TIMED_STEPS, run.steps_per_epoch)
-    timed, seconds = 0, 0.0
+    times = []
     try:
         run.ddp.train()
         for i in range(n):
@@ -47,8 +48,7 @@ def measure_step(run) -> tuple[float, float]:
             train_step(run.ddp, batches, run.optimizer, run.cfg, run.data.num_classes, run.device,
                        run.precision, run.scaler)
             if i >= WARM_STEPS or n <= WARM_STEPS:
-                seconds += time.perf_counter() - t
-                timed += 1
+                times.append(time.perf_counter() - t)
     finally:
         steps.close()
     run.model.load_state_dict(model_state)
@@ -56,7 +56,8 @@ def measure_step(run) -> tuple[float, float]:
     run.optimizer = build_optimizer(run.cfg, run.model)
     if scaler_state is not None:
         run.scaler.load_state_dict(scaler_state)
-    per_step = dist_utils.max_across(seconds / timed, run.device)
+    # the median: one step slowed by a first use or a neighbour's burst says little of the thousand after it
+    per_step = dist_utils.max_across(statistics.median(times), run.device)
     return per_step, time.perf_counter() - t_all
 
 

@@ -44,7 +44,7 @@ def test_measuring_the_step_leaves_the_run_as_it_was(tmp_path):
 @pytest.fixture
 def half_second_steps(monkeypatch):
     """A step that takes 0.5 s, found in 1 s of measuring (the arithmetic, not this machine's speed)."""
-    monkeypatch.setattr(budget, "measure_step", lambda run: (0.5, 1.0))
+    monkeypatch.setattr(budget, "measure_step", lambda run: (0.5, 0.0, 1.0))
 
 
 def test_the_budget_sets_the_steps_and_the_last_epoch_is_cut_short(tmp_path, half_second_steps, caplog):
@@ -87,6 +87,15 @@ def test_training_a_budgeted_run_further_with_epochs_runs_whole_epochs(tmp_path,
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (cfg["epochs"], cfg["max_steps"], cfg["time_budget"]) == (2, None, None)
     assert [m["epoch"] for m in lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_an_epochs_own_cost_is_paid_once_an_epoch():
+    """A stream's workers start every epoch: with 10 steps of 0.1 s and 0.5 s an epoch, 4 s hold two
+    whole epochs (3 s) and 5 steps of a third (0.5 s to start it, then 0.5 s of steps)."""
+    assert budget.steps_that_fit(4.0, 0.1, 0.5, 10) == 25
+    assert budget.steps_that_fit(4.0, 0.1, 0.0, 10) == 40  # images in memory: every second is steps
+    assert budget.steps_that_fit(0.3, 0.1, 0.5, 10) == 0  # not even the first epoch's start (fit asks for 1)
+    assert budget.steps_that_fit(100.0, 0.1, 0.0, 10) == 1000
 
 
 def test_max_steps_alone_cuts_the_run_short(tmp_path):

@@ -28,50 +28,67 @@ TIMED_STEPS = 8
 log = logging.getLogger(__name__)
 
 
-def measure_step(run) -> tuple[float, float]:
-    """(seconds a training step takes, seconds the measuring took in all); the model, optimiser and
-    loss scaler are left as they were before it. Every process measures; they agree on the slowest,
-    since a DDP step waits for it."""
+def measure_step(run) -> tuple[float, float, float]:
+    """(seconds a training step takes, seconds an epoch's start and end add, seconds the measuring took
+    in all); the model, optimiser and loss scaler are left as they were before it. An epoch's own
+    cost is what its first batch waits for beyond the others' wait, and closing its reader (a
+    stream's workers start and stop every epoch; images in memory cost next to nothing). Every
+    process measures; they agree on the slowest, since a DDP step waits for it."""
     t_all = time.perf_counter()
     model_state = copy.deepcopy(run.model.state_dict())
     scaler_state = run.scaler.state_dict() if run.scaler is not None else None
     feed = make_feed(run)
     steps = feed.steps(0, 0)
     n = min(WARM_STEPS + TIMED_STEPS, run.steps_per_epoch)
-    times = []
+    times, waits = [], []
     try:
         run.ddp.train()
         for i in range(n):
             torch.manual_seed(step_seed(run.cfg.seed, 0, i, run.ctx.rank))
             t = time.perf_counter()
             batches, _ = next(steps)
+            waits.append(time.perf_counter() - t)
             train_step(run.ddp, batches, run.optimizer, run.cfg, run.data.num_classes, run.device,
                        run.precision, run.scaler)
             if i >= WARM_STEPS or n <= WARM_STEPS:
                 times.append(time.perf_counter() - t)
     finally:
+        t = time.perf_counter()
         steps.close()
+        closing = time.perf_counter() - t
     run.model.load_state_dict(model_state)
     # a new optimiser, as the run's was before any step (a sharded one has no whole state to copy back)
     run.optimizer = build_optimizer(run.cfg, run.model)
     if scaler_state is not None:
         run.scaler.load_state_dict(scaler_state)
-    # the median: one step slowed by a first use or a neighbour's burst says little of the thousand after it
+    # medians: one step slowed by a first use or a neighbour's burst says little of the thousand after it
     per_step = dist_utils.max_across(statistics.median(times), run.device)
-    return per_step, time.perf_counter() - t_all
+    per_epoch = dist_utils.max_across(max(0.0, waits[0] - statistics.median(waits[1:] or [0.0])) + closing,
+                                      run.device)
+    return per_step, per_epoch, time.perf_counter() - t_all
+
+
+def steps_that_fit(seconds: float, per_step: float, per_epoch: float, steps_per_epoch: int) -> int:
+    """The most steps whose time, with each epoch's own cost paid when it starts, stays within `seconds`."""
+    epoch = steps_per_epoch * per_step + per_epoch
+    whole = max(0, math.floor(seconds / epoch))
+    rest = seconds - whole * epoch - per_epoch  # what a last, partial epoch has for its steps
+    return whole * steps_per_epoch + (min(steps_per_epoch, math.floor(rest / per_step)) if rest > 0 else 0)
 
 
 def fit(run, budget: float, spent: float, max_epochs: int) -> tuple[int, float, str]:
     """(steps that fit in `budget` seconds of which `spent` are gone, at most `max_epochs` epochs; the
     seconds the measuring took, which are spent too; the line that says how the steps were found)."""
-    per_step, measuring = measure_step(run)
+    per_step, per_epoch, measuring = measure_step(run)
     left = budget - spent - measuring
-    steps = max(1, min(math.floor(left / per_step), max_epochs * run.steps_per_epoch))
-    why = (f"time budget {budget:g} s: a step takes {1000 * per_step:.0f} ms here (measured on {TIMED_STEPS} steps "
-           f"in {measuring:.1f} s{f', after {spent:.1f} s of setup' if spent >= 0.05 else ''}), so {steps:,} steps "
-           f"fit: {steps / run.steps_per_epoch:.2f} epochs")
-    if left < per_step:
+    spe = run.steps_per_epoch
+    steps = max(1, min(steps_that_fit(left, per_step, per_epoch, spe), max_epochs * spe))
+    epoch_cost = f" and an epoch's start {per_epoch:.2f} s" if per_epoch >= 0.01 else ""
+    why = (f"time budget {budget:g} s: a step takes {1000 * per_step:.0f} ms here{epoch_cost} (measured on "
+           f"{TIMED_STEPS} steps in {measuring:.1f} s{f', after {spent:.1f} s of setup' if spent >= 0.05 else ''}), "
+           f"so {steps:,} steps fit: {steps / spe:.2f} epochs")
+    if left < per_step + per_epoch:
         why += f" (the budget is gone before the first step: {left:.1f} s are left)"
-    elif steps == max_epochs * run.steps_per_epoch:
+    elif steps == max_epochs * spe:
         why += f" (the most --epochs allows: {max_epochs})"
     return steps, measuring, why

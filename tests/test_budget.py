@@ -44,7 +44,7 @@ def test_measuring_the_step_leaves_the_run_as_it_was(tmp_path):
 @pytest.fixture
 def half_second_steps(monkeypatch):
     """A step that takes 0.5 s, found in 1 s of measuring (the arithmetic, not this machine's speed)."""
-    monkeypatch.setattr(budget, "measure_step", lambda run: (0.5, 0.0, 1.0))
+    monkeypatch.setattr(budget, "measure_step", lambda run: (0.5, 0.0, 1.0, 8))
 
 
 def test_the_budget_sets_the_steps_and_the_last_epoch_is_cut_short(tmp_path, half_second_steps, caplog):

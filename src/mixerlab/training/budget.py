@@ -28,9 +28,9 @@ TIMED_STEPS = 8
 log = logging.getLogger(__name__)
 
 
-def measure_step(run) -> tuple[float, float, float]:
+def measure_step(run) -> tuple[float, float, float, int]:
     """(seconds a training step takes, seconds an epoch's start and end add, seconds the measuring took
-    in all); the model, optimiser and loss scaler are left as they were before it. An epoch's own
+    in all, the steps timed); the model, optimiser and loss scaler are left as they were before it. An epoch's own
     cost is what its first batch waits for beyond the others' wait, and closing its reader (a
     stream's workers start and stop every epoch; images in memory cost next to nothing). Every
     process measures; they agree on the slowest, since a DDP step waits for it."""
@@ -39,7 +39,9 @@ def measure_step(run) -> tuple[float, float, float]:
     scaler_state = run.scaler.state_dict() if run.scaler is not None else None
     feed = make_feed(run)
     steps = feed.steps(0, 0)
-    n = min(WARM_STEPS + TIMED_STEPS, run.steps_per_epoch)
+    # past the batches a stream's workers made ahead: the steps after them share the cores with the decoding
+    warm = WARM_STEPS + feed.prefetched
+    n = min(warm + TIMED_STEPS, run.steps_per_epoch)
     times, waits = [], []
     try:
         run.ddp.train()
@@ -50,7 +52,7 @@ def measure_step(run) -> tuple[float, float, float]:
             waits.append(time.perf_counter() - t)
             train_step(run.ddp, batches, run.optimizer, run.cfg, run.data.num_classes, run.device,
                        run.precision, run.scaler)
-            if i >= WARM_STEPS or n <= WARM_STEPS:
+            if i >= min(warm, n - 1):
                 times.append(time.perf_counter() - t)
     finally:
         t = time.perf_counter()
@@ -63,9 +65,9 @@ def measure_step(run) -> tuple[float, float, float]:
         run.scaler.load_state_dict(scaler_state)
     # medians: one step slowed by a first use or a neighbour's burst says little of the thousand after it
     per_step = dist_utils.max_across(statistics.median(times), run.device)
-    per_epoch = dist_utils.max_across(max(0.0, waits[0] - statistics.median(waits[1:] or [0.0])) + closing,
+    per_epoch = dist_utils.max_across(max(0.0, waits[0] - statistics.median(waits[-len(times):])) + closing,
                                       run.device)
-    return per_step, per_epoch, time.perf_counter() - t_all
+    return per_step, per_epoch, time.perf_counter() - t_all, len(times)
 
 
 def steps_that_fit(seconds: float, per_step: float, per_epoch: float, steps_per_epoch: int) -> int:
@@ -79,13 +81,13 @@ def steps_that_fit(seconds: float, per_step: float, per_epoch: float, steps_per_
 def fit(run, budget: float, spent: float, max_epochs: int) -> tuple[int, float, str]:
     """(steps that fit in `budget` seconds of which `spent` are gone, at most `max_epochs` epochs; the
     seconds the measuring took, which are spent too; the line that says how the steps were found)."""
-    per_step, per_epoch, measuring = measure_step(run)
+    per_step, per_epoch, measuring, timed = measure_step(run)
     left = budget - spent - measuring
     spe = run.steps_per_epoch
     steps = max(1, min(steps_that_fit(left, per_step, per_epoch, spe), max_epochs * spe))
     epoch_cost = f" and an epoch's start {per_epoch:.2f} s" if per_epoch >= 0.01 else ""
     why = (f"time budget {budget:g} s: a step takes {1000 * per_step:.0f} ms here{epoch_cost} (measured on "
-           f"{TIMED_STEPS} steps in {measuring:.1f} s{f', after {spent:.1f} s of setup' if spent >= 0.05 else ''}), "
+           f"{timed} steps in {measuring:.1f} s{f', after {spent:.1f} s of setup' if spent >= 0.05 else ''}), "
            f"so {steps:,} steps fit: {steps / spe:.2f} epochs")
     if left < per_step + per_epoch:
         why += f" (the budget is gone before the first step: {left:.1f} s are left)"

@@ -41,6 +41,8 @@ class MemoryFeed:
             idx = [order[base + i * micro: base + (i + 1) * micro] for i in range(cfg.accum_steps)]
             yield [(self.augment(self.train.images[i].to(run.device)), self.train.labels[i]) for i in idx], []
 
+    prefetched = 0  # batches made ahead of the steps: none, each is augmented when asked for
+
     def state_dict(self) -> None:
         return None
 
@@ -83,6 +85,12 @@ class StreamFeed:
             shutdown = getattr(it, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+
+    @property
+    def prefetched(self) -> int:
+        """Batches the reader's workers decode ahead of the steps (and so, at an epoch's start, while the
+        steps do not yet compete with them for the cores)."""
+        return (getattr(self.loader, "num_workers", 0) or 0) * (getattr(self.loader, "prefetch_factor", 0) or 0)
 
     def state_dict(self) -> dict | None:
         """Where the reader stands (shards); a folder's position is the step alone, so None."""

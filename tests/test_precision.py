@@ -46,3 +46,27 @@ def test_a_precision_given_is_kept_and_a_bad_one_named(cpu):
     assert runtime.pick_precision("bf16", device) == "bf16"
     with pytest.raises(ValueError, match="unknown precision 'fp8'; choose one of auto, fp32, bf16, fp16"):
         runtime.pick_precision("fp8", device)
+
+
+def test_processes_that_measured_differently_all_train_in_fp32(tmp_path, monkeypatch):
+    """Under DDP each process measures bf16 by itself; where one found it no faster, all take fp32
+    (a near tie can fall either way), so every process trains the same model the same way."""
+    from mixerlab.training import distributed as dist_utils
+    from mixerlab.training import loop
+
+    from .test_train import make_image_folder, tiny_cfg
+
+    root = make_image_folder(tmp_path / "shapes")
+    monkeypatch.setattr(loop, "pick_precision", lambda precision, device: "bf16")
+    asked = []
+
+    def another_rank_found_fp32(flag, device):
+        asked.append(flag)
+        return True
+
+    monkeypatch.setattr(dist_utils, "any_rank", another_rank_found_fp32)
+    cfg = tiny_cfg(tmp_path, root, precision="auto")
+    run = loop.Run(cfg, tmp_path / "run", dist_utils.setup(cfg.device))
+    assert run.precision == "fp32" and asked[0] is False  # this process itself had found bf16 faster
+    monkeypatch.setattr(dist_utils, "any_rank", lambda flag, device: flag)
+    assert loop.Run(cfg, tmp_path / "run2", dist_utils.setup(cfg.device)).precision == "bf16"

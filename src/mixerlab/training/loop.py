@@ -92,6 +92,9 @@ class Run:
         self.is_main = ctx.rank == 0
         self.watch = StepWatch()  # step times, for the warning when other jobs take the cores
         self.precision = pick_precision(cfg.precision, ctx.device)
+        if cfg.precision == "auto" and ctx.device.type == "cpu" and dist_utils.any_rank(self.precision != "bf16",
+                                                                                    ctx.device):
+            self.precision = "fp32"  # each process measured bf16 on its own: all of them must train alike
         torch.manual_seed(cfg.seed)
         size = (cfg.img_size, cfg.img_size) if cfg.img_size and not cfg.pretrained else None
         memory = int(cfg.memory_budget_gb * 1e9) if cfg.memory_budget_gb else None

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from mixerlab.perf import runtime
+from mixerlab.perf import gemm, runtime
 
 
 @pytest.fixture
@@ -14,8 +14,8 @@ def cpu(monkeypatch):
     def make(fp32: float, bf16: float, native: bool = True):
         runtime.bf16_pays_on_cpu.cache_clear()
         monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
-        monkeypatch.setattr(runtime, "product_seconds",
-                            lambda dtype, *a, **k: fp32 if dtype == torch.float32 else bf16)
+        monkeypatch.setattr(gemm, "mm_seconds",
+                            lambda m, k, n, dtype, device: fp32 if dtype == torch.float32 else bf16)
         return torch.device("cpu")
 
     yield make
@@ -37,7 +37,7 @@ def test_auto_takes_bf16_only_where_it_is_faster(cpu, caplog, fp32, bf16, picked
 
 def test_without_native_bf16_nothing_is_measured(cpu, monkeypatch):
     device = cpu(5.0, 0.1, native=False)
-    monkeypatch.setattr(runtime, "product_seconds", lambda *a, **k: pytest.fail("measured without native bf16"))
+    monkeypatch.setattr(gemm, "mm_seconds", lambda *a, **k: pytest.fail("measured without native bf16"))
     assert runtime.pick_precision("auto", device) == "fp32"
 
 

@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from . import gemm
 from .allocator import tune_cpu_allocator
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -40,32 +41,17 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 # bf16 must win by this much to be picked: near a tie, fp32's precision is worth more than the time
 BF16_MARGIN = 1.15
-PROBE_SHAPE = (1024, 768, 1024)  # rows x in x out: about the size of these models' products
-
-
-def product_seconds(dtype: torch.dtype, shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) -> float:
-    """The best of `repeats` timings of one Linear product in `dtype` on the CPU, after two untimed."""
-    import time
-
-    rows, k, n = shape
-    x, w = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-    best = float("inf")
-    with torch.no_grad():
-        for i in range(repeats + 2):
-            t = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            if i >= 2:
-                best = min(best, time.perf_counter() - t)
-    return best
+PROBE_SHAPE = (1024, 768, 1024)  # m x k x n: about the size of these models' products
 
 
 @functools.cache
 def bf16_pays_on_cpu() -> bool:
     """Whether this CPU runs bf16 products faster than fp32 ones: measured once a process, in about a
-    tenth of a second, because AVX512-BF16 alone does not say. On AMX tiles and on AMD's AVX512-BF16
+    fifth of a second (`gemm.mm_seconds`), because AVX512-BF16 alone does not say. On AMX tiles and on AMD's AVX512-BF16
     they are much faster; on an Intel Xeon that has AVX512-BF16 but no AMX they ran at half the fp32
     rate, and training in bf16 there was slower than in fp32 (docs/benchmarks.md)."""
-    fp32, bf16 = product_seconds(torch.float32), product_seconds(torch.bfloat16)
+    cpu = torch.device("cpu")
+    fp32, bf16 = (gemm.mm_seconds(*PROBE_SHAPE, dtype, cpu) for dtype in (torch.float32, torch.bfloat16))
     pays = fp32 / bf16 >= BF16_MARGIN
     if not pays:
         log.info("precision auto: fp32, since this CPU runs bf16 products no faster (%.1f ms against %.1f ms "

@@ -26,13 +26,18 @@ MAX_EPOCHS = 300
 WARMUP_SHARE = 0.05
 
 
+def total_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
+    """The optimiser steps of a run: its epochs', or fewer where --max-steps (or a time budget) ends it
+    inside its last epoch."""
+    return min(epochs * steps_per_epoch, max_steps) if max_steps else epochs * steps_per_epoch
+
+
 def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> TrainConfig:
     """`cfg` with epochs, warmup_epochs and flip chosen for `data` where they are None."""
     epochs = cfg.epochs
     if epochs is None:
         epochs = min(max(math.ceil(STEP_BUDGET / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
-    # a share of the steps the run takes (a time budget or --max-steps may end it inside its last epoch)
-    length = min(epochs, cfg.max_steps / steps_per_epoch) if cfg.max_steps else epochs
+    length = total_steps(epochs, cfg.max_steps, steps_per_epoch) / steps_per_epoch  # in epochs
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * length
     flip = cfg.flip if cfg.flip is not None else data.mirror_invariant is True and length >= 2
     return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=warmup, flip=flip)
@@ -40,7 +45,7 @@ def fill_from_data(cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> Tra
 
 def describe(given: TrainConfig, cfg: TrainConfig, data: Dataset, steps_per_epoch: int) -> str:
     """The run's first log line: length, warmup and augmentation, and why where the data chose."""
-    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
+    total = total_steps(cfg.epochs, cfg.max_steps, steps_per_epoch)
     cut = ", the last epoch cut short" if total < cfg.epochs * steps_per_epoch else ""
     parts = [f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of {steps_per_epoch} steps ({total:,} steps{cut}"
              + (f", the budget for {len(data.train):,} training images)"

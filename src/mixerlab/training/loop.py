@@ -144,7 +144,7 @@ class Run:
             if fitted:
                 log.info(fitted)
             log.info(auto.describe(given, cfg, self.data, self.steps_per_epoch))
-        total = self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+        total = self.total_steps = auto.total_steps(cfg.epochs, cfg.max_steps, self.steps_per_epoch)
         warmup = max(min(int(cfg.warmup_epochs * self.steps_per_epoch), total), 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total, warmup))
         self.ema = None

@@ -59,29 +59,27 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _reduced(value: float, device: torch.device, op: str) -> float:
+    """`value` all-reduced over the ranks with `op` ("SUM", "MAX"); the value itself without DDP (where
+    torch.distributed may be absent altogether, so the op is looked up only when it is not)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t.item()
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any: all ranks stop at the same step."""
-    if not active():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_across(1.0 if flag else 0.0, device))
 
 
 def mean_across(value: float, device: torch.device) -> float:
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return _reduced(value, device, "SUM") / (dist.get_world_size() if active() else 1)
 
 
 def max_across(value: float, device: torch.device) -> float:
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
+    return _reduced(value, device, "MAX")
 
 
 def gather_objects(obj):

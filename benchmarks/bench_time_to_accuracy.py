@@ -32,6 +32,7 @@ from mixerlab.cli.train import _parse_value as parse_value  # noqa: E402
 from mixerlab.evaluate import evaluate  # noqa: E402
 from mixerlab.perf.timing import machine_info  # noqa: E402
 from mixerlab.training import distributed as dist_utils  # noqa: E402
+from mixerlab.training.auto import total_steps  # noqa: E402
 from mixerlab.training.loop import Run  # noqa: E402
 from mixerlab.training.recipes import resolve  # noqa: E402
 from mixerlab.training.step import step_seed, train_step  # noqa: E402
@@ -95,7 +96,7 @@ def run_peer(model_cfg, train_cfg, precision: str, seed: int, evals: int, max_st
     bs, epochs = train_cfg.batch_size, train_cfg.epochs
     steps = len(y_all) // bs if max_steps is None else min(max_steps, len(y_all) // bs)
     # the same number of steps as ours: a time budget's run ends inside its last epoch
-    total = min(steps * epochs, train_cfg.max_steps or steps * epochs)
+    total = total_steps(epochs, train_cfg.max_steps, steps)
     warm = max(1, int(steps * (train_cfg.warmup_epochs or 0.5)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     def lr_at(s: int) -> float:

@@ -156,10 +156,12 @@ def summarise(curves: list[list[tuple[float, float]]]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default="demo")
-    ap.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="default: the recipe's length (the speedrun's: the steps that fit its 60 s)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--evals-per-epoch", type=int, default=4)
-    ap.add_argument("--max-steps-per-epoch", type=int, default=None, help="for a smoke run")
+    ap.add_argument("--max-steps-per-epoch", type=int, default=None,
+                    help="for a smoke run, with --epochs (a time budget would fill its seconds with epochs this short)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a training option over the recipe's, as in a config file: --set flip=true")
